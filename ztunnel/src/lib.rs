@@ -7,6 +7,7 @@
 
 pub mod authz;
 pub mod capture;
+pub mod config;
 pub mod hbone;
 pub mod identity;
 pub mod metrics;
