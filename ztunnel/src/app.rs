@@ -1,0 +1,160 @@
+//! Builds the daemon from a configuration file and runs it until SIGTERM, SIGINT or
+//! `/quitquitquit`, then drains.
+
+mod reload;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::Admin;
+use crate::capture::{self, Backend};
+use crate::config::{self, CaptureMode, Config};
+use crate::hbone;
+use crate::identity::{Ca, Manager};
+use crate::inbound::Tracker;
+use crate::metrics::Metrics;
+use crate::pod::Registry;
+use crate::proxy::Context;
+use crate::state::Store;
+use crate::telemetry;
+
+pub async fn run(config_path: &Path, node: &str) -> anyhow::Result<()> {
+    let loaded = config::load(config_path, node).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let log = telemetry::init(loaded.config.log_format);
+    let config = Arc::new(loaded.config);
+    tracing::info!(node, config = %config_path.display(), "starting ztunnel");
+
+    let ca = match &config.ca {
+        Some(files) => Ca::load_or_create(Some(&files.root_cert), Some(&files.root_key), &config.state_dir),
+        None => Ca::load_or_create(None, None, &config.state_dir),
+    }
+    .context("loading the CA")?;
+    let identities = Manager::new(Arc::new(ca), config.certificate_ttl);
+    let store = Arc::new(Store::new(loaded.state));
+    let metrics = Arc::new(Metrics::new());
+    let settings = hbone::Settings {
+        keepalive_interval: config.pool.keepalive_interval,
+        keepalive_timeout: config.pool.keepalive_timeout,
+        ..hbone::Settings::default()
+    };
+    let ctx = Arc::new(Context {
+        pool: hbone::Pool::new(settings.clone(), config.pool.idle_timeout),
+        hbone: settings,
+        config: config.clone(),
+        store: store.clone(),
+        identities,
+        metrics,
+        tracker: Tracker::default(),
+        draining: CancellationToken::new(),
+        stopped: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    });
+
+    let backend: Option<Arc<dyn Backend>> = match config.capture {
+        CaptureMode::Nftables => Some(Arc::new(capture::Nftables::new(
+            capture::Ports {
+                outbound: config.listeners.outbound,
+                inbound_plaintext: config.listeners.inbound_plaintext,
+                hbone: config.listeners.hbone,
+            },
+            capture::Marks {
+                bypass: config.socket_mark,
+                delivery: config.delivery_mark,
+            },
+        ))),
+        CaptureMode::None => None,
+    };
+    let registry = Arc::new(Registry::new(ctx.clone(), backend));
+    let admin = Arc::new(Admin {
+        ctx: ctx.clone(),
+        log,
+        ready: Default::default(),
+        quit: CancellationToken::new(),
+    });
+    // The node-local endpoints outlive the drain so probes and scrapes see it happen.
+    let endpoints_stop = CancellationToken::new();
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))
+    };
+    let l = &config.listeners;
+    tokio::spawn(admin.clone().serve_admin(bind(l.admin).await?, endpoints_stop.clone()));
+    tokio::spawn(admin.clone().serve_metrics(bind(l.metrics).await?, endpoints_stop.clone()));
+    tokio::spawn(admin.clone().serve_readiness(bind(l.readiness).await?, endpoints_stop.clone()));
+
+    let initial = registry.reconcile(&store.load()).await;
+    if initial.is_empty() {
+        admin.ready.store(true, Ordering::Release);
+        tracing::info!(pods = registry.len().await, "ready");
+    }
+    tokio::spawn(reload::watch(
+        PathBuf::from(config_path),
+        config.clone(),
+        store.clone(),
+        ctx.stopped.clone(),
+    ));
+    tokio::spawn(react(ctx.clone(), registry.clone(), admin.clone()));
+
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+        _ = admin.quit.cancelled() => tracing::info!("quitquitquit: draining"),
+    }
+    drain(&ctx, &admin, &registry).await;
+    endpoints_stop.cancel();
+    Ok(())
+}
+
+/// Applies every new snapshot: pods to start or stop, connections policy no longer allows.
+async fn react(ctx: Arc<Context>, registry: Arc<Registry>, admin: Arc<Admin>) {
+    let mut changes = ctx.store.subscribe();
+    let mut retry = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = ctx.stopped.cancelled() => return,
+            _ = ctx.draining.cancelled() => return,
+            r = changes.changed() => if r.is_err() { return },
+            // Pods that failed to start (namespace not there yet, say) are retried.
+            _ = retry.tick() => if admin.ready.load(Ordering::Acquire) { continue },
+        }
+        let snap = ctx.store.load();
+        let failed = registry.reconcile(&snap).await;
+        if failed.is_empty() && !admin.ready.swap(true, Ordering::AcqRel) {
+            tracing::info!(pods = registry.len().await, "ready");
+        }
+        let closed = ctx.tracker.recheck(&snap, &ctx.config.root_namespace);
+        if closed > 0 {
+            tracing::info!(closed, "closed connections denied by the new policy");
+        }
+    }
+}
+
+/// Stop accepting, let connections finish until the deadline, then close what is left and
+/// remove capture so pods are not redirected to a ztunnel that is gone.
+async fn drain(ctx: &Context, admin: &Admin, registry: &Registry) {
+    admin.ready.store(false, Ordering::Release);
+    ctx.draining.cancel();
+    ctx.tasks.close();
+    let deadline = ctx.config.drain_timeout;
+    if tokio::time::timeout(deadline, ctx.tasks.wait()).await.is_err() {
+        tracing::warn!(remaining = ctx.tasks.len(), "drain deadline passed; closing remaining connections");
+    }
+    ctx.stopped.cancel();
+    registry.stop_all().await;
+    tracing::info!("stopped");
+}
+
+/// Parses a file and reports whether it is valid (for `ztunnel check`).
+pub fn check(config_path: &Path, node: &str) -> Result<Config, config::Errors> {
+    config::load(config_path, node).map(|l| l.config)
+}

@@ -1,0 +1,63 @@
+//! Command-line entry point.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ztunnel", version, about = "Per-node ambient mesh data plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node daemon.
+    Run {
+        /// Configuration file (YAML); see examples/ztunnel.yaml.
+        #[arg(long)]
+        config: PathBuf,
+        /// This node's name: the workloads whose `node` matches are served here.
+        #[arg(long)]
+        node: String,
+        /// Tokio worker threads (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Validate a configuration file and print every error found.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value = "check")]
+        node: String,
+    },
+}
+
+/// The command line, shared by the `ztunnel` binary and the end-to-end tests' copy of it.
+pub fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run {
+            config,
+            node,
+            workers,
+        } => {
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            rt.enable_all().thread_name("ztunnel-worker");
+            if let Some(n) = workers {
+                rt.worker_threads(n);
+            }
+            rt.build()?.block_on(crate::app::run(&config, &node))
+        }
+        Command::Check { config, node } => match crate::app::check(&config, &node) {
+            Ok(_) => {
+                println!("{}: valid", config.display());
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", config.display());
+                std::process::exit(1)
+            }
+        },
+    }
+}

@@ -1,0 +1,169 @@
+//! Inbound HBONE: mutual TLS with the peer ztunnel (client certificate required), then one
+//! HTTP/2 CONNECT stream per proxied connection, each authorized and delivered on its own.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use super::{deliver, Summary};
+use crate::hbone::{self, Incoming};
+use crate::identity::Identity;
+use crate::metrics::ConnectionLabels;
+use crate::pod::Pod;
+use crate::proxy::copy;
+use crate::proxy::{Context, Error, Fault, Kind};
+use crate::tls;
+
+/// A peer that opens TCP and never finishes the handshake holds a descriptor; cut it off.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn serve(
+    ctx: Arc<Context>,
+    pod: Arc<Pod>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    crate::pod::accept_loop(&ctx, &pod, listener, "inbound-hbone", move |ctx, pod, s, peer| {
+        handle(ctx, pod, s, peer, acceptor.clone())
+    })
+    .await
+}
+
+async fn handle(
+    ctx: Arc<Context>,
+    pod: Arc<Pod>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+) {
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            ctx.metrics.inbound_rejected("tls");
+            tracing::info!(pod = %pod.uid, %peer, error = %e, "inbound TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            ctx.metrics.inbound_rejected("tls");
+            tracing::info!(pod = %pod.uid, %peer, "inbound TLS handshake timed out");
+            return;
+        }
+    };
+    let peer_id = match tls::peer_identity(stream.get_ref().1) {
+        Ok(id) => Arc::new(id),
+        Err(e) => {
+            ctx.metrics.inbound_rejected("tls");
+            tracing::info!(pod = %pod.uid, %peer, error = %e, "inbound peer has no usable identity");
+            return;
+        }
+    };
+    let metrics = ctx.metrics.clone();
+    let reject = Arc::new(move |reason: hbone::RejectReason| {
+        metrics.inbound_rejected(reason.as_str());
+    });
+    let result = hbone::Server::serve(
+        stream,
+        ctx.hbone.clone(),
+        reject,
+        ctx.draining.clone(),
+        {
+            let ctx = ctx.clone();
+            let pod = pod.clone();
+            move |incoming: Incoming| {
+                let ctx = ctx.clone();
+                let pod = pod.clone();
+                let peer_id = peer_id.clone();
+                async move { tunnel(ctx, pod, incoming, peer, peer_id).await }
+            }
+        },
+    )
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(pod = %pod.uid, %peer, error = %e, "HBONE connection ended with an error");
+    }
+}
+
+async fn tunnel(
+    ctx: Arc<Context>,
+    pod: Arc<Pod>,
+    incoming: Incoming,
+    peer: SocketAddr,
+    peer_id: Arc<Identity>,
+) {
+    let start = Instant::now();
+    let target = crate::pod::normalize(incoming.authority);
+    let snap = ctx.store.load();
+    let summary = Summary {
+        direction: "inbound",
+        src: peer,
+        src_identity: Some(&peer_id),
+        dst: target,
+        dst_workload: &pod.uid.0,
+        dst_identity: &pod.identity,
+        start,
+    };
+    if !pod.ips.contains(&target.ip()) {
+        ctx.metrics.inbound_rejected("authority");
+        summary.failed(&Error::new(
+            Kind::Authority,
+            Fault::Downstream,
+            format!("CONNECT target {target} is not an address of this pod"),
+        ));
+        incoming.reject(400);
+        return;
+    }
+    let Some(workload) = snap.workload_by_uid(&pod.uid).cloned() else {
+        incoming.reject(503);
+        return;
+    };
+    let labels = ConnectionLabels::new(
+        "destination",
+        snap.workload_by_ip(peer.ip()).map(|w| w.as_ref()),
+        Some(&peer_id),
+        Some(&workload),
+        Some(&pod.identity),
+        None,
+        true,
+    );
+    if let Err(err) = super::authorize(&snap, &workload, Some(&peer_id), peer, target.port()) {
+        ctx.metrics.inbound_rejected("policy");
+        ctx.metrics.connection_failed(&labels, err.response_flags());
+        summary.failed(&err);
+        incoming.reject(401);
+        return;
+    }
+    drop(snap);
+    let mut upstream = match deliver::connect(&ctx, &pod, target, peer.ip()).await {
+        Ok(s) => s,
+        Err(err) => {
+            ctx.metrics.connection_failed(&labels, err.response_flags());
+            summary.failed(&err);
+            incoming.reject(503);
+            return;
+        }
+    };
+    let mut downstream = match incoming.accept() {
+        Ok(s) => s,
+        Err(e) => {
+            let err = Error::new(Kind::Hbone, Fault::Downstream, e);
+            ctx.metrics.connection_failed(&labels, err.response_flags());
+            summary.failed(&err);
+            return;
+        }
+    };
+    let cancel = pod.cancel.child_token();
+    let _registration = ctx.tracker.register(
+        pod.uid.clone(),
+        Some((*peer_id).clone()),
+        peer,
+        target.port(),
+        cancel.clone(),
+    );
+    let guard = ctx.metrics.connection(labels);
+    let (outcome, moved) = copy::bidirectional(&mut downstream, &mut upstream, &cancel).await;
+    summary.finished(guard, outcome, moved);
+}

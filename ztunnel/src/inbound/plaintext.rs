@@ -1,0 +1,89 @@
+//! Inbound connections that reached the pod without a tunnel (from outside the mesh, or from a
+//! node without ztunnel): no peer identity, so only IP and port rules can allow them, and a
+//! STRICT peer-authentication refuses them outright.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{deliver, Summary};
+use crate::metrics::ConnectionLabels;
+use crate::pod::Pod;
+use crate::proxy::copy;
+use crate::proxy::{Context, Error, Fault, Kind};
+use crate::socket;
+use crate::state::{peer_authn, MtlsMode};
+
+pub async fn serve(ctx: Arc<Context>, pod: Arc<Pod>, listener: TcpListener) {
+    crate::pod::accept_loop(&ctx, &pod, listener, "inbound-plaintext", handle).await
+}
+
+async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, peer: SocketAddr) {
+    let start = Instant::now();
+    let orig = match socket::original_dst(&downstream) {
+        Ok(a) => crate::pod::normalize(a),
+        Err(e) => {
+            tracing::warn!(pod = %pod.uid, %peer, error = %e, "inbound plaintext connection without original destination");
+            return;
+        }
+    };
+    let snap = ctx.store.load();
+    let Some(workload) = snap.workload_by_uid(&pod.uid).cloned() else {
+        return;
+    };
+    let summary = Summary {
+        direction: "inbound",
+        src: peer,
+        src_identity: None,
+        dst: orig,
+        dst_workload: &pod.uid.0,
+        dst_identity: &pod.identity,
+        start,
+    };
+    let labels = ConnectionLabels::new(
+        "destination",
+        snap.workload_by_ip(peer.ip()).map(|w| w.as_ref()),
+        None,
+        Some(&workload),
+        Some(&pod.identity),
+        None,
+        false,
+    );
+    let ports = &ctx.config.listeners;
+    let checked = if [ports.outbound, ports.inbound_plaintext, ports.hbone].contains(&orig.port()) {
+        // Not redirected: a client dialled a ztunnel port directly. Delivering would loop.
+        ctx.metrics.inbound_rejected("plaintext_on_hbone");
+        Err(Error::new(Kind::OriginalDst, Fault::Downstream, format!("{orig} is a ztunnel port")))
+    } else if peer_authn::mode_for(&snap.peer_authentications, &workload, &ctx.config.root_namespace)
+        == MtlsMode::Strict
+    {
+        ctx.metrics.inbound_rejected("strict_mtls");
+        Err(Error::new(Kind::StrictMtls, Fault::Policy, "plaintext refused: STRICT mTLS in force"))
+    } else {
+        super::authorize(&snap, &workload, None, peer, orig.port()).inspect_err(|_| {
+            ctx.metrics.inbound_rejected("policy");
+        })
+    };
+    let connected = match checked {
+        Ok(()) => deliver::connect(&ctx, &pod, orig, peer.ip()).await,
+        Err(e) => Err(e),
+    };
+    let mut upstream = match connected {
+        Ok(s) => s,
+        Err(err) => {
+            ctx.metrics.connection_failed(&labels, err.response_flags());
+            summary.failed(&err);
+            return;
+        }
+    };
+    drop(snap);
+    let cancel = pod.cancel.child_token();
+    let _registration = ctx
+        .tracker
+        .register(pod.uid.clone(), None, peer, orig.port(), cancel.clone());
+    let guard = ctx.metrics.connection(labels);
+    let (outcome, moved) = copy::bidirectional(&mut downstream, &mut upstream, &cancel).await;
+    summary.finished(guard, outcome, moved);
+}

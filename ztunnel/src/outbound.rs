@@ -1,0 +1,164 @@
+//! The outbound proxy: connections an enrolled pod's apps open, redirected to the pod's
+//! outbound listener, carried through HBONE to mesh workloads or passed through as plain TCP.
+
+pub mod route;
+mod tunnel;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::identity::Identity;
+use crate::metrics::ConnectionLabels;
+use crate::pod::Pod;
+use crate::proxy::copy::{self, Outcome};
+use crate::proxy::{Context, Error, Fault, Kind};
+use crate::socket;
+use route::Route;
+
+/// Pooled HBONE connections are shared by connections with the same source and destination
+/// identities and peer address. The source address is part of the key because the socket lives
+/// in the source pod's network namespace and carries its address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub src: Identity,
+    pub src_ip: IpAddr,
+    pub dst: Identity,
+    pub addr: SocketAddr,
+}
+
+/// Round-robin position for service endpoints, shared by all pods of the node.
+static NEXT_ENDPOINT: AtomicUsize = AtomicUsize::new(0);
+
+pub async fn serve(ctx: Arc<Context>, pod: Arc<Pod>, listener: TcpListener) {
+    crate::pod::accept_loop(&ctx, &pod, listener, "outbound", |ctx, pod, stream, peer| {
+        handle(ctx, pod, stream, peer)
+    })
+    .await
+}
+
+async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, peer: SocketAddr) {
+    let start = Instant::now();
+    let snap = ctx.store.load();
+    let src = snap.workload_by_uid(&pod.uid).cloned();
+    let orig = match socket::original_dst(&downstream) {
+        Ok(a) => a,
+        Err(e) => {
+            let err = Error::new(Kind::OriginalDst, Fault::Internal, e);
+            tracing::warn!(pod = %pod.uid, %peer, error = %err, "outbound connection without original destination");
+            return;
+        }
+    };
+    let route = route::resolve(&snap, orig, |n| NEXT_ENDPOINT.fetch_add(1, Ordering::Relaxed) % n);
+    let route = match route {
+        Ok(r) => r,
+        Err(e) => {
+            let labels = ConnectionLabels::new(
+                "source",
+                src.as_deref(),
+                Some(&pod.identity),
+                None,
+                None,
+                None,
+                false,
+            );
+            ctx.metrics.connection_failed(&labels, "NR");
+            tracing::info!(target: "access", direction = "outbound", src.addr = %peer, src.workload = %pod.uid, dst.addr = %orig, error = %e, "connection failed");
+            return;
+        }
+    };
+    let (dst_workload, service, target, mtls) = match &route {
+        Route::Hbone {
+            workload,
+            target,
+            service,
+        } => (Some(workload.clone()), service.clone(), *target, true),
+        Route::Passthrough {
+            target,
+            workload,
+            service,
+        } => (workload.clone(), service.clone(), *target, false),
+    };
+    let dst_identity = dst_workload
+        .as_ref()
+        .filter(|_| mtls)
+        .map(|w| w.identity(&ctx.config.trust_domain));
+    let labels = ConnectionLabels::new(
+        "source",
+        src.as_deref(),
+        Some(&pod.identity),
+        dst_workload.as_deref(),
+        dst_identity.as_ref(),
+        service.as_deref(),
+        mtls,
+    );
+    let connected = match &route {
+        Route::Hbone { workload, .. } => {
+            tunnel::open(&ctx, &pod, peer, workload, target)
+                .await
+                .map(Upstream::Tunnel)
+        }
+        Route::Passthrough { .. } => passthrough(&ctx, &pod, target).await.map(Upstream::Tcp),
+    };
+    let mut upstream = match connected {
+        Ok(u) => u,
+        Err(err) => {
+            ctx.metrics.connection_failed(&labels, err.response_flags());
+            tracing::info!(target: "access", direction = "outbound", src.addr = %peer, src.workload = %pod.uid, src.identity = %pod.identity, dst.addr = %target, dst.identity = dst_identity.as_ref().map(|i| i.to_string()), error = %err, "connection failed");
+            return;
+        }
+    };
+    let guard = ctx.metrics.connection(labels);
+    let (outcome, moved) = match &mut upstream {
+        Upstream::Tunnel(s) => copy::bidirectional(&mut downstream, s, &pod.cancel).await,
+        Upstream::Tcp(s) => copy::bidirectional(&mut downstream, s, &pod.cancel).await,
+    };
+    guard.add_received(moved.received);
+    guard.add_sent(moved.sent);
+    drop(guard);
+    let error = match outcome {
+        Outcome::Done => None,
+        Outcome::Io(e) => Some(e.to_string()),
+        Outcome::Cancelled => Some("closed by ztunnel".to_string()),
+    };
+    tracing::info!(
+        target: "access",
+        direction = "outbound",
+        src.addr = %peer,
+        src.workload = %pod.uid,
+        src.identity = %pod.identity,
+        dst.addr = %target,
+        dst.workload = dst_workload.as_ref().map(|w| w.uid.0.as_str()),
+        dst.service = service.as_ref().map(|s| s.hostname.as_str()),
+        dst.identity = dst_identity.as_ref().map(|i| i.to_string()),
+        security = if mtls { "mutual_tls" } else { "plaintext" },
+        bytes_sent = moved.sent,
+        bytes_received = moved.received,
+        duration_ms = start.elapsed().as_millis() as u64,
+        error,
+        "connection complete"
+    );
+}
+
+enum Upstream {
+    Tunnel(crate::hbone::Stream),
+    Tcp(TcpStream),
+}
+
+/// Plain TCP from the pod's namespace, marked so capture lets it out.
+async fn passthrough(ctx: &Context, pod: &Pod, target: SocketAddr) -> Result<TcpStream, Error> {
+    let sock = pod
+        .netns
+        .socket(target, ctx.config.socket_mark, None)
+        .await
+        .map_err(|e| Error::new(Kind::Connect, Fault::Internal, e))?;
+    let stream = tokio::time::timeout(ctx.config.connect_timeout, sock.connect(target))
+        .await
+        .map_err(|_| Error::new(Kind::Connect, Fault::Upstream, format!("connect to {target} timed out")))?
+        .map_err(|e| Error::new(Kind::Connect, Fault::Upstream, format!("connect to {target}: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}

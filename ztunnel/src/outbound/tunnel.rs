@@ -1,0 +1,83 @@
+//! Opening an HBONE tunnel from a local pod to a mesh workload.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls_pki_types::ServerName;
+
+use super::PoolKey;
+use crate::hbone;
+use crate::pod::Pod;
+use crate::proxy::{Context, Error, Fault, Kind};
+use crate::state::Workload;
+use crate::tls;
+
+pub async fn open(
+    ctx: &Arc<Context>,
+    pod: &Arc<Pod>,
+    client: SocketAddr,
+    dst: &Arc<Workload>,
+    target: SocketAddr,
+) -> Result<hbone::Stream, Error> {
+    let dst_id = dst.identity(&ctx.config.trust_domain);
+    let src_ip = pod
+        .ips
+        .iter()
+        .copied()
+        .find(|ip| ip.is_ipv4() == target.is_ipv4())
+        .unwrap_or(client.ip());
+    // The tunnel goes to the destination pod's own address on the HBONE port: its node's
+    // ztunnel listens there inside the pod's namespace.
+    let peer = SocketAddr::new(target.ip(), ctx.config.listeners.hbone);
+    let key = PoolKey {
+        src: pod.identity.clone(),
+        src_ip,
+        dst: dst_id.clone(),
+        addr: peer,
+    };
+    let client_conn = ctx
+        .pool
+        .get(key, || {
+            let ctx = ctx.clone();
+            let pod = pod.clone();
+            let dst_id = dst_id.clone();
+            async move { connect_tls(&ctx, &pod, peer, dst_id).await }
+        })
+        .await
+        .map_err(|e| Error::new(Kind::Hbone, Fault::Upstream, format!("tunnel to {peer}: {e}")))?;
+    client_conn
+        .connect(target, hbone::headers::outbound(client))
+        .await
+        .map_err(|e| Error::new(Kind::Hbone, Fault::Upstream, format!("CONNECT {target} via {peer}: {e}")))
+}
+
+async fn connect_tls(
+    ctx: &Context,
+    pod: &Pod,
+    peer: SocketAddr,
+    dst_id: crate::identity::Identity,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, hbone::Error> {
+    let io_err = |e: std::io::Error| hbone::Error::Io(e);
+    let sock = pod
+        .netns
+        .socket(peer, ctx.config.socket_mark, None)
+        .await
+        .map_err(io_err)?;
+    let tcp = tokio::time::timeout(ctx.config.connect_timeout, sock.connect(peer))
+        .await
+        .map_err(|_| hbone::Error::Timeout)?
+        .map_err(io_err)?;
+    let _ = tcp.set_nodelay(true);
+    let cert = ctx
+        .identities
+        .fetch(&pod.identity)
+        .await
+        .map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
+    let config = tls::client_config(cert, ctx.identities.ca().root_der(), vec![dst_id])
+        .map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    connector
+        .connect(ServerName::IpAddress(peer.ip().into()), tcp)
+        .await
+        .map_err(io_err)
+}

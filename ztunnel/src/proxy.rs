@@ -1,0 +1,9 @@
+//! What the inbound and outbound proxies share: the context they run in, the data-path error
+//! model and the byte copy between two sockets.
+
+pub mod context;
+pub mod copy;
+pub mod error;
+
+pub use context::Context;
+pub use error::{Error, Fault, Kind};
