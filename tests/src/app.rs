@@ -45,7 +45,11 @@ impl EchoServer {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("echo-{port}"))
-                .spawn(move || accept_loop(&listener, &shared))?
+                .spawn(move || {
+                    accept_loop(&listener, &shared, |stream, _| {
+                        let _ = echo(stream);
+                    })
+                })?
         };
         Ok(EchoServer {
             port,
@@ -73,7 +77,12 @@ impl EchoServer {
     }
 }
 
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+/// Accepts until stopped, running `handle` on a thread per connection (with the normalized peer).
+fn accept_loop<F>(listener: &TcpListener, shared: &Arc<Shared>, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr) + Send + Sync + 'static,
+{
+    let handle = Arc::new(handle);
     while !shared.stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, peer)) => {
@@ -88,9 +97,8 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                 if let Ok(clone) = stream.try_clone() {
                     shared.conns.lock().expect("echo lock poisoned").push(clone);
                 }
-                let worker = std::thread::spawn(move || {
-                    let _ = echo(stream);
-                });
+                let handle = handle.clone();
+                let worker = std::thread::spawn(move || handle(stream, peer));
                 shared
                     .workers
                     .lock()
@@ -128,23 +136,155 @@ pub fn normalize(addr: SocketAddr) -> SocketAddr {
 
 impl Drop for EchoServer {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-        if let Ok(conns) = self.shared.conns.lock() {
-            for c in conns.iter() {
-                let _ = c.shutdown(Shutdown::Both);
-            }
-        }
-        let workers = match self.shared.workers.lock() {
-            Ok(mut w) => std::mem::take(&mut *w),
-            Err(_) => return,
-        };
-        for w in workers {
-            let _ = w.join();
+        stop(&self.shared, &mut self.acceptor);
+    }
+}
+
+/// Stops accepting, closes every open connection and joins all threads.
+fn stop(shared: &Shared, acceptor: &mut Option<JoinHandle<()>>) {
+    shared.stop.store(true, Ordering::Relaxed);
+    if let Some(acceptor) = acceptor.take() {
+        let _ = acceptor.join();
+    }
+    if let Ok(conns) = shared.conns.lock() {
+        for c in conns.iter() {
+            let _ = c.shutdown(Shutdown::Both);
         }
     }
+    let workers = match shared.workers.lock() {
+        Ok(mut w) => std::mem::take(&mut *w),
+        Err(_) => return,
+    };
+    for w in workers {
+        let _ = w.join();
+    }
+}
+
+/// What a [`SinkServer`] received on one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    pub peer: SocketAddr,
+    pub bytes: u64,
+    /// Every byte matched [`pattern_byte`] at its offset (see [`send_pattern`]).
+    pub intact: bool,
+    /// The sender half-closed (read reached EOF) rather than the connection failing.
+    pub complete: bool,
+}
+
+/// Reads every connection to EOF without answering, checking the bytes against the transfer
+/// pattern; for one-way bulk transfers. Stops on drop.
+pub struct SinkServer {
+    port: u16,
+    shared: Arc<Shared>,
+    received: Arc<Mutex<Vec<Received>>>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl SinkServer {
+    /// Listens on `[::]:port` (dual stack) inside the pod namespace; `port` 0 picks one.
+    pub fn start(pod: &Pod, port: u16) -> io::Result<SinkServer> {
+        let listener = pod.listen(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))?;
+        Self::serve(listener)
+    }
+
+    /// Serves on an already bound listener.
+    pub fn serve(listener: TcpListener) -> io::Result<SinkServer> {
+        let port = listener.local_addr()?.port();
+        listener.set_nonblocking(true)?;
+        let shared = Arc::new(Shared::default());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let acceptor = {
+            let (shared, received) = (shared.clone(), received.clone());
+            std::thread::Builder::new()
+                .name(format!("sink-{port}"))
+                .spawn(move || {
+                    accept_loop(&listener, &shared, move |stream, peer| {
+                        let r = sink(stream, peer);
+                        received.lock().expect("sink lock poisoned").push(r);
+                    })
+                })?
+        };
+        Ok(SinkServer {
+            port,
+            shared,
+            received,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Connections that have finished (EOF or error), in completion order.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("sink lock poisoned").clone()
+    }
+
+    /// Waits until `count` connections have finished, up to `timeout`.
+    pub fn wait_received(&self, count: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let r = self.received();
+            if r.len() >= count || std::time::Instant::now() >= deadline {
+                return r;
+            }
+            std::thread::sleep(ACCEPT_POLL);
+        }
+    }
+
+    /// Peer address of every accepted connection, in accept order.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.shared
+            .peers
+            .lock()
+            .expect("peer list lock poisoned")
+            .clone()
+    }
+}
+
+fn sink(mut stream: TcpStream, peer: SocketAddr) -> Received {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut expected = vec![0u8; 64 * 1024];
+    let (mut bytes, mut intact) = (0u64, true);
+    let complete = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => {
+                fill_pattern(bytes, &mut expected[..n]);
+                intact &= buf[..n] == expected[..n];
+                bytes += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break false,
+        }
+    };
+    Received {
+        peer,
+        bytes,
+        intact,
+        complete,
+    }
+}
+
+impl Drop for SinkServer {
+    fn drop(&mut self) {
+        stop(&self.shared, &mut self.acceptor);
+    }
+}
+
+/// Writes `bytes` bytes of the transfer pattern, then half-closes.
+pub fn send_pattern(stream: &mut TcpStream, bytes: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    while sent < bytes {
+        let n = (bytes - sent).min(buf.len() as u64) as usize;
+        fill_pattern(sent, &mut buf[..n]);
+        stream.write_all(&buf[..n])?;
+        sent += n as u64;
+    }
+    stream.shutdown(Shutdown::Write)?;
+    Ok(sent)
 }
 
 /// Outcome of [`transfer`].
@@ -183,18 +323,7 @@ pub fn transfer(stream: &TcpStream, bytes: u64) -> io::Result<Transfer> {
     let mut writer = stream.try_clone()?;
     let mut reader = stream.try_clone()?;
     std::thread::scope(|s| {
-        let sending = s.spawn(move || -> io::Result<u64> {
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut sent = 0u64;
-            while sent < bytes {
-                let n = (bytes - sent).min(buf.len() as u64) as usize;
-                fill_pattern(sent, &mut buf[..n]);
-                writer.write_all(&buf[..n])?;
-                sent += n as u64;
-            }
-            writer.shutdown(Shutdown::Write)?;
-            Ok(sent)
-        });
+        let sending = s.spawn(move || send_pattern(&mut writer, bytes));
         let mut buf = vec![0u8; 64 * 1024];
         let mut expected = vec![0u8; 64 * 1024];
         let mut received = 0u64;
@@ -262,5 +391,30 @@ mod tests {
         assert_eq!(t.received, 3_000_000);
         assert_eq!(server.connections(), 2);
         assert!(server.peers().iter().all(|p| p.ip().is_loopback()));
+    }
+
+    #[test]
+    fn sink_checks_one_way_transfers() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("bound");
+        let sink = SinkServer::serve(listener).expect("serve");
+        let mut s = TcpStream::connect(addr).expect("connect");
+        assert_eq!(send_pattern(&mut s, 1_000_000).expect("send"), 1_000_000);
+        let mut bad = TcpStream::connect(addr).expect("connect");
+        bad.write_all(b"not the pattern").expect("write");
+        bad.shutdown(Shutdown::Write).expect("half-close");
+        let got = sink.wait_received(2, Duration::from_secs(10));
+        assert_eq!(got.len(), 2, "{got:?}");
+        let good = got
+            .iter()
+            .find(|r| r.bytes == 1_000_000)
+            .expect("the pattern connection");
+        assert!(good.intact && good.complete, "{good:?}");
+        let corrupt = got
+            .iter()
+            .find(|r| r.bytes == 15)
+            .expect("the garbage connection");
+        assert!(!corrupt.intact);
+        assert_eq!(sink.peers().len(), 2);
     }
 }

@@ -11,7 +11,7 @@ pub mod metrics;
 pub mod netns;
 pub mod topology;
 
-pub use app::{EchoServer, Transfer};
+pub use app::{EchoServer, SinkServer, Transfer};
 pub use capture::PacketCapture;
 pub use daemon::Ztunnel;
 pub use topology::{Node, Pod, Topology};

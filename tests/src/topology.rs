@@ -16,6 +16,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -140,9 +141,17 @@ impl Pod {
 }
 
 impl Topology {
-    /// Builds the topology under a name unique to this process and call.
+    /// Builds the topology under a name unique to this process and call. The first call in a
+    /// process also removes namespaces left by dead test processes ([`Topology::cleanup_stale`]).
     pub fn create() -> anyhow::Result<Topology> {
         crate::require_root()?;
+        static STALE: Once = Once::new();
+        STALE.call_once(|| {
+            // Leftovers of killed test runs would otherwise accumulate (SIGKILL skips Drop).
+            if let Err(e) = Topology::cleanup_stale(PREFIX) {
+                eprintln!("removing stale test namespaces: {e:#}");
+            }
+        });
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("{PREFIX}{}x{n}", std::process::id());
         let mut topo = Topology {

@@ -244,3 +244,112 @@ fn metrics_helpers_parse_what_a_daemon_would_serve() {
     assert_eq!(metrics::sample(text, "x_total", &[("a", "1")]), Some(7.0));
     assert_eq!(metrics::samples(text, "x_total").len(), 2);
 }
+
+#[test]
+fn teardown_happens_on_panic_and_kills_leftover_processes() {
+    require_root().expect("harness prerequisites");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let result = std::panic::catch_unwind(move || {
+        let topo = Topology::create().expect("topology");
+        let n1 = topo.node(1);
+        // A process nobody stops explicitly (like a daemon whose handle was leaked).
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &n1.netns, "sleep", "600"])
+            .spawn()
+            .expect("spawn sleep in node netns");
+        tx.send((topo.netns_names(), child)).expect("send");
+        panic!("simulated test failure");
+    });
+    assert!(result.is_err());
+    let (names, mut child) = rx.recv().expect("names");
+    let listed = netns::list().expect("list");
+    for n in &names {
+        assert!(
+            !listed.contains(n),
+            "namespace {n} survived a panicking test"
+        );
+    }
+    let status = child.wait().expect("wait for the leftover process");
+    assert!(
+        !status.success(),
+        "leftover process should have been killed, got {status}"
+    );
+}
+
+/// Serves one canned HTTP response per connection on `port` of the node, recording request lines.
+fn fake_http(
+    node: &mesh_tests::Node,
+    port: u16,
+    response: &'static str,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::{BufRead, BufReader};
+    let listener = node
+        .listen(SocketAddr::from(([127, 0, 0, 1], port)))
+        .expect("listen");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            log.lock().expect("lock").push(line.trim().to_owned());
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                    break;
+                }
+            }
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    seen
+}
+
+#[test]
+fn daemon_http_helpers_talk_to_the_node_namespace() {
+    let topo = setup();
+    let n1 = topo.node(1);
+    let ready = fake_http(n1, 15021, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    let _metrics = fake_http(
+        n1,
+        15020,
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1b\r\nistio_build{tag=\"dev\"} 1\nup\r\n3\r\n 1\n\r\n0\r\n\r\n",
+    );
+    let admin = fake_http(n1, 15000, "HTTP/1.1 404 Not Found\r\n\r\nno such page");
+    let mut z = Ztunnel::spawn(
+        n1,
+        std::path::Path::new("/bin/sleep"),
+        &["600".as_ref()],
+        &[],
+    )
+    .expect("spawn");
+    z.wait_ready(TIMEOUT).expect("ready via the fake endpoint");
+    assert_eq!(
+        ready.lock().expect("lock")[0],
+        "GET /healthz/ready HTTP/1.1"
+    );
+    let text = z.metrics();
+    assert_eq!(
+        metrics::sample(&text, "istio_build", &[("tag", "dev")]),
+        Some(1.0)
+    );
+    assert_eq!(metrics::sample(&text, "up", &[]), Some(1.0));
+    assert_eq!(
+        z.admin_get("/nope").expect("admin"),
+        (404, "no such page".to_owned())
+    );
+    assert_eq!(z.admin_post("/logging?level=debug").expect("admin").0, 404);
+    assert_eq!(
+        admin.lock().expect("lock").clone(),
+        ["GET /nope HTTP/1.1", "POST /logging?level=debug HTTP/1.1"]
+    );
+    // The same ports in the root namespace must not be what answered.
+    let pid = z.pid();
+    drop(z);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "daemon not reaped"
+    );
+}
