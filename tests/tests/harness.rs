@@ -345,7 +345,6 @@ fn daemon_http_helpers_talk_to_the_node_namespace() {
         admin.lock().expect("lock").clone(),
         ["GET /nope HTTP/1.1", "POST /logging?level=debug HTTP/1.1"]
     );
-    // The same ports in the root namespace must not be what answered.
     let pid = z.pid();
     drop(z);
     assert!(
