@@ -1,0 +1,529 @@
+//! End-to-end tests of ztunnel: two nodes, two pods each, real daemons, real sockets.
+//!
+//! Pods a and b live on node n1, c and d on n2. Unless a test says otherwise all four are
+//! enrolled (HBONE) workloads of namespace `default` with service account = pod name, and the
+//! service `echo` (10.96.0.10 and fd00:96::10, port 80 -> 8080) selects c and d.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mesh_tests::app::{self, EchoServer, SinkServer};
+use mesh_tests::capture::{self, PacketCapture};
+use mesh_tests::daemon::Ztunnel;
+use mesh_tests::{metrics, require_root, Pod, Topology};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+const VIP: &str = "10.96.0.10";
+const TD: &str = "cluster.local";
+
+/// What a test changes in the generated configuration.
+#[derive(Clone)]
+struct Opts {
+    /// Pods that are workloads in the file, and whether each is enrolled.
+    workloads: Vec<(&'static str, bool)>,
+    /// Service account of a pod as a node sees it: (node index or 0 for both, pod, sa).
+    service_accounts: Vec<(u8, &'static str, &'static str)>,
+    policies: String,
+    peer_authentications: String,
+    ttl: &'static str,
+    /// Each node keeps its own state directory (so each builds its own CA).
+    separate_ca: bool,
+    drain_timeout: &'static str,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            workloads: vec![("a", true), ("b", true), ("c", true), ("d", true)],
+            service_accounts: vec![],
+            policies: String::new(),
+            peer_authentications: String::new(),
+            ttl: "24h",
+            separate_ca: false,
+            drain_timeout: "5s",
+        }
+    }
+}
+
+struct Mesh {
+    topo: Topology,
+    dir: tempfile::TempDir,
+    opts: Opts,
+    z1: Ztunnel,
+    z2: Ztunnel,
+}
+
+fn config_path(dir: &Path, node: u8) -> PathBuf {
+    dir.join(format!("ztunnel-n{node}.yaml"))
+}
+
+fn render(topo: &Topology, dir: &Path, node: u8, o: &Opts) -> String {
+    let state = if o.separate_ca {
+        dir.join(format!("state-n{node}"))
+    } else {
+        dir.join("state")
+    };
+    let mut y = format!(
+        "trustDomain: {TD}\nstateDir: {}\ncertificateTtl: {}\ndrainTimeout: {}\nworkloads:\n",
+        state.display(),
+        o.ttl,
+        o.drain_timeout
+    );
+    for (name, enrolled) in &o.workloads {
+        let p = topo.pod(name);
+        let sa = o
+            .service_accounts
+            .iter()
+            .find(|(n, pod, _)| (*n == 0 || *n == node) && pod == name)
+            .map_or(*name, |(_, _, sa)| *sa);
+        let svc = if ["c", "d"].contains(name) { ", svc: echo" } else { "" };
+        let _ = write!(
+            y,
+            "  - uid: uid-{name}\n    name: {name}\n    namespace: default\n    serviceAccount: {sa}\n    labels: {{app: {name}{svc}}}\n    ips: [{}, \"{}\"]\n    node: n{}\n",
+            p.ipv4, p.ipv6, p.node
+        );
+        if *enrolled {
+            let _ = writeln!(y, "    netns: {}", p.netns_path.display());
+        } else {
+            y.push_str("    protocol: TCP\n");
+        }
+    }
+    let _ = write!(
+        y,
+        "services:\n  - name: echo\n    namespace: default\n    vips: [{VIP}, \"fd00:96::10\"]\n    ports: {{80: 8080}}\n    selector: {{svc: echo}}\n"
+    );
+    if !o.policies.is_empty() {
+        let _ = write!(y, "authorizationPolicies:\n{}", o.policies);
+    }
+    if !o.peer_authentications.is_empty() {
+        let _ = write!(y, "peerAuthentications:\n{}", o.peer_authentications);
+    }
+    y
+}
+
+impl Mesh {
+    fn start(opts: Opts) -> Mesh {
+        require_root().expect("e2e prerequisites");
+        let topo = Topology::create().expect("topology");
+        let dir = tempfile::tempdir().expect("tempdir");
+        for node in [1, 2] {
+            std::fs::write(config_path(dir.path(), node), render(&topo, dir.path(), node, &opts))
+                .expect("write config");
+        }
+        // n1 first: with a shared state directory it creates the CA that n2 then reuses.
+        let mut z1 = Ztunnel::start(topo.node(1), &config_path(dir.path(), 1), "n1", &[])
+            .expect("start ztunnel n1");
+        z1.wait_ready(TIMEOUT).expect("ztunnel n1 ready");
+        let mut z2 = Ztunnel::start(topo.node(2), &config_path(dir.path(), 2), "n2", &[])
+            .expect("start ztunnel n2");
+        z2.wait_ready(TIMEOUT).expect("ztunnel n2 ready");
+        Mesh {
+            topo,
+            dir,
+            opts,
+            z1,
+            z2,
+        }
+    }
+
+    fn pod(&self, name: &str) -> &Pod {
+        self.topo.pod(name)
+    }
+
+    /// Rewrites both nodes' files and waits until both daemons report the reload.
+    fn reconfigure(&mut self, opts: Opts) {
+        let before = (count(&self.z1.log(), "configuration reloaded"), count(&self.z2.log(), "configuration reloaded"));
+        for node in [1, 2] {
+            std::fs::write(
+                config_path(self.dir.path(), node),
+                render(&self.topo, self.dir.path(), node, &opts),
+            )
+            .expect("write config");
+        }
+        self.opts = opts;
+        wait_for("both ztunnels reload", || {
+            count(&self.z1.log(), "configuration reloaded") > before.0
+                && count(&self.z2.log(), "configuration reloaded") > before.1
+        });
+    }
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.matches(needle).count()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Opens a connection from `pod` and checks an echo round trip through it.
+fn echo(pod: &Pod, target: SocketAddr, msg: &[u8]) -> std::io::Result<TcpStream> {
+    let mut s = pod.connect(target, TIMEOUT)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    let got = app::roundtrip(&mut s, msg)?;
+    if got != msg {
+        return Err(std::io::Error::other(format!(
+            "echo mismatch: sent {} bytes, got {}",
+            msg.len(),
+            got.len()
+        )));
+    }
+    Ok(s)
+}
+
+/// A connection the mesh refuses is accepted by the pod's outbound listener (capture is
+/// transparent to the app) and then closed without any byte of the echo coming back.
+fn assert_refused(pod: &Pod, target: SocketAddr) {
+    match echo(pod, target, b"should-not-arrive") {
+        Ok(_) => panic!("{} -> {target} was allowed", pod.name),
+        Err(e) => eprintln!("{} -> {target} refused as expected: {e}", pod.name),
+    }
+}
+
+fn access_lines<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| l.contains("connection complete") && l.contains(needle))
+        .collect()
+}
+
+fn spiffe(sa: &str) -> String {
+    format!("spiffe://{TD}/ns/default/sa/{sa}")
+}
+
+fn vip(port: u16) -> SocketAddr {
+    SocketAddr::new(VIP.parse().expect("vip"), port)
+}
+
+#[test]
+fn pod_to_pod_same_node_and_across_nodes_with_identities() {
+    let m = Mesh::start(Opts::default());
+    let b_srv = EchoServer::start(m.pod("b"), 8080).expect("echo b");
+    let c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    let a = m.pod("a");
+    for target in [
+        m.pod("b").addr_v4(8080),
+        m.pod("c").addr_v4(8080),
+        m.pod("c").addr_v6(8080),
+    ] {
+        echo(a, target, b"hello through the mesh").unwrap_or_else(|e| panic!("a -> {target}: {e}\n{}", m.z1.log()));
+    }
+    // The apps see the client's own address: delivery is transparent.
+    let a_ips: Vec<IpAddr> = vec![a.ipv4.into(), a.ipv6.into()];
+    assert_eq!(b_srv.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(), vec![a_ips[0]]);
+    assert_eq!(c_srv.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(), a_ips);
+
+    // The destination's ztunnel saw a's SPIFFE identity; the source's dialled c's.
+    wait_for("access log on n2", || access_lines(&m.z2.log(), "inbound").len() >= 2);
+    let z2_log = m.z2.log();
+    let inbound = access_lines(&z2_log, "inbound");
+    assert!(
+        inbound.iter().all(|l| l.contains(&spiffe("a")) && l.contains(&spiffe("c"))),
+        "inbound lines on n2 lack identities: {inbound:#?}"
+    );
+    let z1_log = m.z1.log();
+    let outbound = access_lines(&z1_log, "outbound");
+    assert!(
+        outbound.iter().any(|l| l.contains(&spiffe("a")) && l.contains(&spiffe("c")) && l.contains("mutual_tls")),
+        "outbound lines on n1: {outbound:#?}"
+    );
+    assert!(
+        access_lines(&z1_log, "inbound").iter().any(|l| l.contains(&spiffe("b"))),
+        "same-node delivery to b was not through HBONE: {z1_log}"
+    );
+}
+
+#[test]
+fn service_vip_uses_both_endpoints() {
+    let m = Mesh::start(Opts::default());
+    let c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    let d_srv = EchoServer::start(m.pod("d"), 8080).expect("echo d");
+    for i in 0..6 {
+        echo(m.pod("a"), vip(80), format!("request {i}").as_bytes())
+            .unwrap_or_else(|e| panic!("a -> VIP: {e}\n{}", m.z1.log()));
+    }
+    let v6: SocketAddr = "[fd00:96::10]:80".parse().expect("v6 vip");
+    echo(m.pod("a"), v6, b"over v6").expect("a -> v6 VIP");
+    assert!(c_srv.connections() >= 2, "c got {}", c_srv.connections());
+    assert!(d_srv.connections() >= 2, "d got {}", d_srv.connections());
+    assert_eq!(c_srv.connections() + d_srv.connections(), 7);
+}
+
+#[test]
+fn bytes_between_nodes_are_tls_only() {
+    let m = Mesh::start(Opts::default());
+    let _c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    let n1 = m.topo.node(1);
+    let cap = PacketCapture::start(&n1.netns_path, &n1.link_iface).expect("capture");
+    let secret = b"APPLICATION-PLAINTEXT-5e1f0c";
+    let mut s = echo(m.pod("a"), m.pod("c").addr_v4(8080), secret).expect("a -> c");
+    app::roundtrip(&mut s, secret).expect("second round trip");
+    drop(s);
+    std::thread::sleep(Duration::from_millis(200));
+    let frames = cap.stop();
+    assert!(!capture::contains(&frames, secret), "plaintext crossed the node link");
+    assert!(capture::count_tcp_to_port(&frames, 15008) > 0, "no HBONE traffic seen on the link");
+    assert_eq!(capture::count_tcp_to_port(&frames, 8080), 0, "app port seen on the link");
+    // The TLS record layer is visible: content type 23 (application data), version 0x0303.
+    assert!(capture::contains(&frames, &[0x17, 0x03, 0x03]), "no TLS records on the link");
+}
+
+#[test]
+fn destination_presenting_wrong_identity_is_refused() {
+    // n1 believes c runs as sa "c"; n2 (where c lives) gives it sa "impostor".
+    let opts = Opts {
+        service_accounts: vec![(2, "c", "impostor")],
+        ..Opts::default()
+    };
+    let m = Mesh::start(opts);
+    let c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    assert_refused(m.pod("a"), m.pod("c").addr_v4(8080));
+    assert_eq!(c_srv.connections(), 0, "the app was reached");
+    wait_for("failed connection counted on n1", || {
+        metrics::sample(&m.z1.metrics(), "istio_tcp_connections_failed_total", &[("reporter", "source")])
+            .unwrap_or(0.0)
+            >= 1.0
+    });
+    // d is fine: the failure is per connection.
+    let _d = EchoServer::start(m.pod("d"), 8080).expect("echo d");
+    echo(m.pod("a"), m.pod("d").addr_v4(8080), b"still works").expect("a -> d");
+}
+
+#[test]
+fn peers_of_another_ca_are_refused() {
+    let opts = Opts {
+        separate_ca: true,
+        ..Opts::default()
+    };
+    let m = Mesh::start(opts);
+    let c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    assert_refused(m.pod("a"), m.pod("c").addr_v4(8080));
+    assert_eq!(c_srv.connections(), 0);
+    wait_for("TLS rejection counted on n2", || {
+        metrics::sample(&m.z2.metrics(), "ztunnel_inbound_rejected_total", &[("reason", "tls")]).unwrap_or(0.0) >= 1.0
+    });
+    // Same-node traffic (one CA) is unaffected.
+    let _b = EchoServer::start(m.pod("b"), 8080).expect("echo b");
+    echo(m.pod("a"), m.pod("b").addr_v4(8080), b"same node").expect("a -> b");
+}
+
+#[test]
+fn allow_and_deny_policies_and_closing_live_connections() {
+    let allow_a = "  - name: c-from-a\n    namespace: default\n    selector: {app: c}\n    action: ALLOW\n    rules:\n      - from:\n          - source: {principals: [cluster.local/ns/default/sa/a]}\n";
+    let deny_d_8080 = "  - name: d-not-8080\n    namespace: default\n    selector: {app: d}\n    action: DENY\n    rules:\n      - from:\n          - source: {namespaces: [default]}\n        to:\n          - operation: {ports: [8080]}\n";
+    let opts = Opts {
+        policies: format!("{allow_a}{deny_d_8080}"),
+        ..Opts::default()
+    };
+    let mut m = Mesh::start(opts.clone());
+    let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    let _d = EchoServer::start(m.pod("d"), 8080).expect("echo d");
+    let _d2 = EchoServer::start(m.pod("d"), 9090).expect("echo d 9090");
+
+    let mut live = echo(m.pod("a"), m.pod("c").addr_v4(8080), b"allowed").expect("a -> c allowed");
+    assert_refused(m.pod("b"), m.pod("c").addr_v4(8080));
+    assert_refused(m.pod("a"), m.pod("d").addr_v4(8080));
+    echo(m.pod("a"), m.pod("d").addr_v4(9090), b"other port").expect("a -> d:9090 allowed");
+    let denied = metrics::sample(
+        &m.z2.metrics(),
+        "istio_tcp_connections_failed_total",
+        &[("reporter", "destination"), ("response_flags", "DENY")],
+    )
+    .unwrap_or(0.0);
+    assert!(denied >= 2.0, "denials counted: {denied}\n{}", m.z2.metrics());
+
+    // Now only b may reach c: the open connection from a must be closed.
+    let allow_b = allow_a.replace("sa/a", "sa/b").replace("c-from-a", "c-from-b");
+    m.reconfigure(Opts {
+        policies: allow_b,
+        ..opts
+    });
+    live.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let closed_at = Instant::now();
+    let mut buf = [0u8; 16];
+    let _ = live.write_all(b"are you there?");
+    let n = live.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the live connection kept working after the policy change");
+    assert!(closed_at.elapsed() < TIMEOUT);
+    echo(m.pod("b"), m.pod("c").addr_v4(8080), b"b now allowed").expect("b -> c after change");
+    assert_refused(m.pod("a"), m.pod("c").addr_v4(8080));
+}
+
+#[test]
+fn strict_mtls_rejects_plaintext() {
+    // d is outside the mesh: its connections reach c without a tunnel.
+    let opts = Opts {
+        workloads: vec![("a", true), ("b", true), ("c", true), ("d", false)],
+        ..Opts::default()
+    };
+    let mut m = Mesh::start(opts.clone());
+    let c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    echo(m.pod("d"), m.pod("c").addr_v4(8080), b"plaintext, permissive").expect("d -> c permissive");
+    assert_eq!(c_srv.peers().last().map(|p| p.ip()), Some(IpAddr::from(m.pod("d").ipv4)));
+    m.reconfigure(Opts {
+        peer_authentications: "  - {name: strict, namespace: default, mode: STRICT}\n".into(),
+        ..opts
+    });
+    assert_refused(m.pod("d"), m.pod("c").addr_v4(8080));
+    let rejected =
+        metrics::sample(&m.z2.metrics(), "ztunnel_inbound_rejected_total", &[("reason", "strict_mtls")]);
+    assert!(rejected.unwrap_or(0.0) >= 1.0, "{}", m.z2.metrics());
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"mtls still fine").expect("a -> c under STRICT");
+}
+
+#[test]
+fn metrics_count_connections_and_bytes() {
+    let m = Mesh::start(Opts::default());
+    let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    const N: usize = 5;
+    const BYTES: u64 = 10_000;
+    for _ in 0..N {
+        let s = m.pod("a").connect(m.pod("c").addr_v4(8080), TIMEOUT).expect("connect");
+        let t = app::transfer(&s, BYTES).expect("transfer");
+        assert!(t.ok(), "{t:?}");
+    }
+    let labels_dst = [
+        ("reporter", "destination"),
+        ("source_workload", "a"),
+        ("destination_workload", "c"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    wait_for("all connections closed on n2", || {
+        metrics::sample(&m.z2.metrics(), "istio_tcp_connections_closed_total", &labels_dst) == Some(N as f64)
+    });
+    let text = m.z2.metrics();
+    assert_eq!(metrics::sample(&text, "istio_tcp_connections_opened_total", &labels_dst), Some(N as f64));
+    assert_eq!(metrics::sample(&text, "istio_tcp_received_bytes_total", &labels_dst), Some((N as u64 * BYTES) as f64));
+    assert_eq!(metrics::sample(&text, "istio_tcp_sent_bytes_total", &labels_dst), Some((N as u64 * BYTES) as f64));
+    let labels_src = [
+        ("reporter", "source"),
+        ("source_workload", "a"),
+        ("destination_workload", "c"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    wait_for("all connections closed on n1", || {
+        metrics::sample(&m.z1.metrics(), "istio_tcp_connections_closed_total", &labels_src) == Some(N as f64)
+    });
+    let text = m.z1.metrics();
+    assert_eq!(metrics::sample(&text, "istio_tcp_connections_opened_total", &labels_src), Some(N as f64));
+    assert_eq!(metrics::sample(&text, "istio_tcp_sent_bytes_total", &labels_src), Some((N as u64 * BYTES) as f64));
+    assert!(
+        metrics::sample(&text, "ztunnel_hbone_pool_connections", &[]).unwrap_or(0.0) >= 1.0,
+        "pool gauge: {text}"
+    );
+}
+
+#[test]
+fn reload_with_a_bad_file_keeps_the_last_good_state() {
+    let mut m = Mesh::start(Opts::default());
+    let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    let before = m.z1.admin_get("/config_dump").expect("config_dump");
+    assert_eq!(before.0, 200);
+    let path = config_path(m.dir.path(), 1);
+    let good = std::fs::read_to_string(&path).expect("read");
+    std::fs::write(&path, format!("{good}bogusField: 1\nworkloads2: []\n")).expect("write bad");
+    wait_for("rejection logged", || m.z1.log().contains("configuration rejected"));
+    let log = m.z1.log();
+    assert!(log.contains("bogusField") && log.contains("workloads2"), "all errors listed: {log}");
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"old state serves").expect("a -> c after bad reload");
+    assert_eq!(m.z1.admin_get("/config_dump").expect("config_dump").1, before.1);
+    // A good file after the bad one applies.
+    let deny_all = "  - {name: deny-all, namespace: default, selector: {app: c}, action: ALLOW}\n";
+    m.reconfigure(Opts {
+        policies: deny_all.into(),
+        ..Opts::default()
+    });
+    assert_refused(m.pod("a"), m.pod("c").addr_v4(8080));
+}
+
+#[test]
+fn certificate_renewal_keeps_long_lived_connections() {
+    let m = Mesh::start(Opts {
+        ttl: "4s",
+        ..Opts::default()
+    });
+    let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    let mut s = echo(m.pod("a"), m.pod("c").addr_v4(8080), b"first").expect("a -> c");
+    let serials = |z: &Ztunnel| {
+        let dump = z.admin_get("/config_dump").expect("config_dump").1;
+        let v: serde_json::Value = serde_json::from_str(&dump).expect("json");
+        v["certificates"].as_array().map(|a| a.iter().map(|c| c["serial"].to_string()).collect::<Vec<_>>()).unwrap_or_default()
+    };
+    let first = serials(&m.z1);
+    assert!(!first.is_empty());
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(6) {
+        app::roundtrip(&mut s, b"still here").expect("long-lived connection broke during renewal");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_ne!(serials(&m.z1), first, "certificates were not renewed");
+    let renewals = metrics::sample(&m.z1.metrics(), "ztunnel_certificate_renewals_total", &[]).unwrap_or(0.0);
+    assert!(renewals >= 1.0, "renewals: {renewals}");
+    // New connections use the renewed certificates.
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"after renewal").expect("new connection");
+}
+
+#[test]
+fn unknown_destination_is_passed_through() {
+    // d is in no configuration: an address the mesh does not know.
+    let m = Mesh::start(Opts {
+        workloads: vec![("a", true), ("b", true), ("c", true)],
+        ..Opts::default()
+    });
+    let d_srv = EchoServer::start(m.pod("d"), 7000).expect("echo d");
+    echo(m.pod("a"), m.pod("d").addr_v4(7000), b"plain tcp").expect("a -> unknown d");
+    assert_eq!(d_srv.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(), vec![IpAddr::from(m.pod("a").ipv4)]);
+    wait_for("passthrough logged", || {
+        access_lines(&m.z1.log(), "outbound").iter().any(|l| l.contains("plaintext"))
+    });
+}
+
+#[test]
+fn one_gibibyte_arrives_byte_exact() {
+    let m = Mesh::start(Opts::default());
+    let sink = SinkServer::start(m.pod("c"), 8080).expect("sink c");
+    let mut s = m.pod("a").connect(m.pod("c").addr_v4(8080), TIMEOUT).expect("connect");
+    const GIB: u64 = 1 << 30;
+    let start = Instant::now();
+    let sent = app::send_pattern(&mut s, GIB).expect("send");
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    assert_eq!(sent, GIB);
+    let got = sink.wait_received(1, Duration::from_secs(300));
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("1 GiB through HBONE in {secs:.1}s ({:.2} Gbit/s, debug build)", 8.0 / secs);
+    assert_eq!(got.len(), 1, "sink saw {got:?}");
+    assert_eq!(got[0].bytes, GIB);
+    assert!(got[0].intact && got[0].complete, "{:?}", got[0]);
+}
+
+#[test]
+fn sigterm_drains_open_connections() {
+    let mut m = Mesh::start(Opts::default());
+    let _b = EchoServer::start(m.pod("b"), 8080).expect("echo b");
+    let mut s = echo(m.pod("a"), m.pod("b").addr_v4(8080), b"before").expect("a -> b");
+    m.z1.sigterm().expect("sigterm");
+    std::thread::sleep(Duration::from_millis(300));
+    app::roundtrip(&mut s, b"during drain").expect("open connection survives the start of the drain");
+    let ready = mesh_tests::http::request(
+        &m.topo.node(1).netns_path,
+        SocketAddr::from(([127, 0, 0, 1], mesh_tests::daemon::READY_PORT)),
+        "GET",
+        "/healthz/ready",
+        TIMEOUT,
+    )
+    .map(|r| r.status)
+    .unwrap_or(0);
+    assert_ne!(ready, 200, "still ready while draining");
+    drop(s);
+    let status = m.z1.wait_exit(Duration::from_secs(8)).expect("ztunnel exits after the drain");
+    assert!(status.success(), "exit status {status:?}\n{}", m.z1.log());
+}
