@@ -269,3 +269,112 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
     f.sync_all().map_err(|e| io("sync", e))?;
     fs::rename(&tmp, path).map_err(|e| io("rename into place", e))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use x509_parser::extensions::GeneralName;
+
+    fn id() -> Identity {
+        Identity::new("cluster.local", "default", "sleep")
+    }
+
+    #[test]
+    fn generated_root_is_a_ca() {
+        let ca = Ca::generate("cluster.local").unwrap();
+        let der = ca.root_der();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert!(cert.is_ca());
+        let ku = cert.key_usage().unwrap().unwrap().value;
+        assert!(ku.key_cert_sign());
+        assert!(ca.root_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+    }
+
+    #[test]
+    fn issues_spiffe_leaf() {
+        let ca = Ca::generate("cluster.local").unwrap();
+        let before = SystemTime::now();
+        let issued = ca.issue(&id(), Duration::from_secs(3600)).unwrap();
+        assert_eq!(issued.chain.len(), 2);
+        assert_eq!(issued.chain[1], ca.root_der());
+
+        let (_, leaf) = x509_parser::parse_x509_certificate(&issued.chain[0]).unwrap();
+        assert!(!leaf.is_ca());
+        let sans = &leaf.subject_alternative_name().unwrap().unwrap().value.general_names;
+        assert_eq!(
+            sans.as_slice(),
+            &[GeneralName::URI("spiffe://cluster.local/ns/default/sa/sleep")]
+        );
+        assert!(leaf.key_usage().unwrap().unwrap().value.digital_signature());
+        let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        assert_eq!(leaf.raw_serial_as_string().replace(':', ""), issued.serial);
+
+        let nb = leaf.validity().not_before.timestamp();
+        let na = leaf.validity().not_after.timestamp();
+        let now = unix_secs(before) as i64;
+        assert!((now - 61..=now - 59).contains(&nb), "not_before {nb} vs now {now}");
+        assert!((now + 3599..=now + 3601).contains(&na), "not_after {na} vs now {now}");
+        assert_eq!(issued.not_after, UNIX_EPOCH + Duration::from_secs(na as u64));
+
+        let other = ca.issue(&id(), Duration::from_secs(3600)).unwrap();
+        assert_ne!(other.serial, issued.serial);
+        assert_ne!(other.key.secret_der(), issued.key.secret_der());
+    }
+
+    #[test]
+    fn from_pem_round_trips_and_signs() {
+        let ca = Ca::generate("cluster.local").unwrap();
+        let key_pem = ca.issuer.key().serialize_pem();
+        let loaded = Ca::from_pem(&ca.root_pem(), &key_pem).unwrap();
+        assert_eq!(loaded.root_der(), ca.root_der());
+        let issued = loaded.issue(&id(), Duration::from_secs(60)).unwrap();
+        let (_, leaf) = x509_parser::parse_x509_certificate(&issued.chain[0]).unwrap();
+        let root_der = ca.root_der();
+        let (_, root) = x509_parser::parse_x509_certificate(&root_der).unwrap();
+        leaf.verify_signature(Some(root.public_key())).unwrap();
+    }
+
+    #[test]
+    fn from_pem_reports_what_is_wrong() {
+        let ca = Ca::generate("cluster.local").unwrap();
+        let other = Ca::generate("cluster.local").unwrap();
+        let key_pem = ca.issuer.key().serialize_pem();
+        assert!(matches!(Ca::from_pem("garbage", &key_pem), Err(Error::ParseCert(_))));
+        assert!(matches!(Ca::from_pem(&ca.root_pem(), "garbage"), Err(Error::ParseKey(_))));
+        let err = Ca::from_pem(&other.root_pem(), &key_pem).unwrap_err();
+        assert!(matches!(err, Error::KeyMismatch), "{err}");
+    }
+
+    #[test]
+    fn load_or_create_persists_and_reuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("nested/state");
+        let first = Ca::load_or_create(None, None, &state).unwrap();
+        let mode = fs::metadata(state.join(KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let second = Ca::load_or_create(None, None, &state).unwrap();
+        assert_eq!(first.root_der(), second.root_der());
+
+        let explicit =
+            Ca::load_or_create(Some(&state.join(CERT_FILE)), Some(&state.join(KEY_FILE)), dir.path())
+                .unwrap();
+        assert_eq!(explicit.root_der(), first.root_der());
+    }
+
+    #[test]
+    fn load_or_create_rejects_half_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("c.pem");
+        let err = Ca::load_or_create(Some(&cert), None, dir.path()).unwrap_err();
+        assert!(matches!(err, Error::HalfConfigured("certificate")), "{err}");
+        let err = Ca::load_or_create(None, Some(&cert), dir.path()).unwrap_err();
+        assert!(matches!(err, Error::HalfConfigured("key")), "{err}");
+
+        fs::write(dir.path().join(CERT_FILE), "x").unwrap();
+        let err = Ca::load_or_create(None, None, dir.path()).unwrap_err();
+        assert!(matches!(err, Error::HalfState { .. }), "{err}");
+    }
+}

@@ -252,3 +252,80 @@ fn rfc3339(t: SystemTime) -> String {
         dt.second()
     )
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn manager(ttl: Duration) -> Arc<Manager> {
+        Manager::new(Arc::new(Ca::generate("cluster.local").unwrap()), ttl)
+    }
+
+    fn id(sa: &str) -> Identity {
+        Identity::new("cluster.local", "default", sa)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_first_fetches_issue_one_cert() {
+        let m = manager(Duration::from_secs(3600));
+        let a = id("a");
+        let fetches: Vec<_> = (0..10)
+            .map(|_| {
+                let m = m.clone();
+                let a = a.clone();
+                tokio::spawn(async move { m.fetch(&a).await.unwrap() })
+            })
+            .collect();
+        let certs: Vec<Arc<WorkloadCert>> = futures::future::try_join_all(fetches).await.unwrap();
+        assert!(certs.iter().all(|c| Arc::ptr_eq(c, &certs[0])));
+        assert_eq!(m.certs().len(), 1);
+        assert!(Arc::ptr_eq(&m.fetch(&a).await.unwrap(), &certs[0]));
+
+        let b = m.fetch(&id("b")).await.unwrap();
+        assert_eq!(b.identity(), &id("b"));
+        let infos = m.certs();
+        assert_eq!(infos.len(), 2);
+        assert_eq!(infos[0].identity, "spiffe://cluster.local/ns/default/sa/a");
+        assert_eq!(infos[0].chain_pem.len(), 2);
+        let json = serde_json::to_string(&infos).unwrap();
+        assert!(!json.contains("PRIVATE KEY"));
+    }
+
+    #[tokio::test]
+    async fn renews_at_half_life_in_place() {
+        let m = manager(Duration::from_secs(2));
+        let cert = m.fetch(&id("a")).await.unwrap();
+        let first = cert.info();
+        let first_key = cert.certified_key();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(cert.info().serial, first.serial, "renewed before half-life");
+        assert_eq!(m.renewals(), 0);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let second = cert.info();
+        assert_ne!(second.serial, first.serial, "not renewed after 1.5 s");
+        assert!(!Arc::ptr_eq(&first_key, &cert.certified_key()));
+        assert_eq!(m.renewals(), 1);
+        assert!(Arc::ptr_eq(&cert, &m.fetch(&id("a")).await.unwrap()));
+    }
+
+    #[tokio::test]
+    async fn forget_stops_renewal_and_evicts() {
+        let m = manager(Duration::from_secs(2));
+        let cert = m.fetch(&id("a")).await.unwrap();
+        let serial = cert.info().serial;
+        m.forget(&id("a"));
+        assert!(m.certs().is_empty());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(cert.info().serial, serial);
+        assert_eq!(m.renewals(), 0);
+        let again = m.fetch(&id("a")).await.unwrap();
+        assert!(!Arc::ptr_eq(&cert, &again));
+    }
+
+    #[test]
+    fn formats_rfc3339() {
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20Z");
+    }
+}
