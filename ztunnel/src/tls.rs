@@ -14,7 +14,7 @@ use crate::identity::{Identity, WorkloadCert};
 mod resolve;
 mod verify;
 
-pub use verify::check_peer_trust_domain;
+pub use verify::{check_peer_trust_domain, Rejected};
 
 /// The only application protocol spoken inside HBONE tunnels.
 pub const ALPN_H2: &[u8] = b"h2";

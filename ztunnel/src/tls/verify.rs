@@ -59,9 +59,30 @@ fn in_trust_domain(id: Identity, trust_domain: &str) -> Result<Identity, Error> 
     }
 }
 
-/// Carries our error text through rustls into the handshake failure the caller sees.
+/// Carries our error through rustls into the handshake failure the caller sees. rustls prints
+/// the inner error with `Debug`, so that prints the actionable message rather than the struct.
+pub struct Rejected(pub Error);
+
+impl std::fmt::Debug for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Rejected {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 fn rejected(e: Error) -> rustls::Error {
-    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(Rejected(e)))))
 }
 
 /// Client-side verification of the server: root CA chain plus an allow-list of identities.
