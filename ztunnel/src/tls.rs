@@ -47,7 +47,10 @@ pub enum Error {
 }
 
 fn join(ids: &[Identity]) -> String {
-    ids.iter().map(Identity::to_string).collect::<Vec<_>>().join(", ")
+    ids.iter()
+        .map(Identity::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The crypto provider every HBONE config uses; built once per config (it is cheap).
@@ -57,9 +60,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 fn roots(root: CertificateDer<'static>) -> Result<Arc<RootCertStore>, Error> {
     let mut store = RootCertStore::empty();
-    store
-        .add(root)
-        .map_err(Error::Root)?;
+    store.add(root).map_err(Error::Root)?;
     Ok(Arc::new(store))
 }
 
@@ -92,11 +93,9 @@ pub fn server_config(
     trust_domain: &str,
 ) -> Result<Arc<rustls::ServerConfig>, Error> {
     let provider = provider();
-    let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        roots(root)?,
-        provider.clone(),
-    )
-    .build()?;
+    let inner =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(root)?, provider.clone())
+            .build()?;
     let verifier = verify::Client::new(inner, trust_domain.to_string());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
@@ -35,7 +35,9 @@ pub enum Error {
     KeyMismatch,
     #[error("root CA certificate and key must be given together; only the {0} path was given")]
     HalfConfigured(&'static str),
-    #[error("state directory {dir} holds only one of {CERT_FILE} and {KEY_FILE}; restore or remove it")]
+    #[error(
+        "state directory {dir} holds only one of {CERT_FILE} and {KEY_FILE}; restore or remove it"
+    )]
     HalfState { dir: PathBuf },
     #[error("cannot {action} {path}: {source}")]
     Io {
@@ -89,7 +91,10 @@ impl Ca {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, trust_domain);
-        dn.push(DnType::CommonName, format!("ztunnel root CA for {trust_domain}"));
+        dn.push(
+            DnType::CommonName,
+            format!("ztunnel root CA for {trust_domain}"),
+        );
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
@@ -122,8 +127,8 @@ impl Ca {
         if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
             return Err(Error::KeyMismatch);
         }
-        let issuer = Issuer::from_ca_cert_der(&der, key)
-            .map_err(|e| Error::ParseCert(e.to_string()))?;
+        let issuer =
+            Issuer::from_ca_cert_der(&der, key).map_err(|e| Error::ParseCert(e.to_string()))?;
         let root_pem = der_to_pem(&der);
         Ok(Ca {
             issuer,
@@ -302,10 +307,17 @@ mod tests {
 
         let (_, leaf) = x509_parser::parse_x509_certificate(&issued.chain[0]).unwrap();
         assert!(!leaf.is_ca());
-        let sans = &leaf.subject_alternative_name().unwrap().unwrap().value.general_names;
+        let sans = &leaf
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names;
         assert_eq!(
             sans.as_slice(),
-            &[GeneralName::URI("spiffe://cluster.local/ns/default/sa/sleep")]
+            &[GeneralName::URI(
+                "spiffe://cluster.local/ns/default/sa/sleep"
+            )]
         );
         assert!(leaf.key_usage().unwrap().unwrap().value.digital_signature());
         let eku = leaf.extended_key_usage().unwrap().unwrap().value;
@@ -315,9 +327,18 @@ mod tests {
         let nb = leaf.validity().not_before.timestamp();
         let na = leaf.validity().not_after.timestamp();
         let now = unix_secs(before) as i64;
-        assert!((now - 61..=now - 59).contains(&nb), "not_before {nb} vs now {now}");
-        assert!((now + 3599..=now + 3601).contains(&na), "not_after {na} vs now {now}");
-        assert_eq!(issued.not_after, UNIX_EPOCH + Duration::from_secs(na as u64));
+        assert!(
+            (now - 61..=now - 59).contains(&nb),
+            "not_before {nb} vs now {now}"
+        );
+        assert!(
+            (now + 3599..=now + 3601).contains(&na),
+            "not_after {na} vs now {now}"
+        );
+        assert_eq!(
+            issued.not_after,
+            UNIX_EPOCH + Duration::from_secs(na as u64)
+        );
 
         let other = ca.issue(&id(), Duration::from_secs(3600)).unwrap();
         assert_ne!(other.serial, issued.serial);
@@ -342,8 +363,14 @@ mod tests {
         let ca = Ca::generate("cluster.local").unwrap();
         let other = Ca::generate("cluster.local").unwrap();
         let key_pem = ca.issuer.key().serialize_pem();
-        assert!(matches!(Ca::from_pem("garbage", &key_pem), Err(Error::ParseCert(_))));
-        assert!(matches!(Ca::from_pem(&ca.root_pem(), "garbage"), Err(Error::ParseKey(_))));
+        assert!(matches!(
+            Ca::from_pem("garbage", &key_pem),
+            Err(Error::ParseCert(_))
+        ));
+        assert!(matches!(
+            Ca::from_pem(&ca.root_pem(), "garbage"),
+            Err(Error::ParseKey(_))
+        ));
         let err = Ca::from_pem(&other.root_pem(), &key_pem).unwrap_err();
         assert!(matches!(err, Error::KeyMismatch), "{err}");
     }
@@ -353,14 +380,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("nested/state");
         let first = Ca::load_or_create(None, None, &state).unwrap();
-        let mode = fs::metadata(state.join(KEY_FILE)).unwrap().permissions().mode();
+        let mode = fs::metadata(state.join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let second = Ca::load_or_create(None, None, &state).unwrap();
         assert_eq!(first.root_der(), second.root_der());
 
-        let explicit =
-            Ca::load_or_create(Some(&state.join(CERT_FILE)), Some(&state.join(KEY_FILE)), dir.path())
-                .unwrap();
+        let explicit = Ca::load_or_create(
+            Some(&state.join(CERT_FILE)),
+            Some(&state.join(KEY_FILE)),
+            dir.path(),
+        )
+        .unwrap();
         assert_eq!(explicit.root_der(), first.root_der());
     }
 

@@ -89,8 +89,8 @@ impl WorkloadCert {
 
 impl Current {
     fn new(identity: &Identity, issued: Issued) -> Result<Self, Error> {
-        let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&issued.key)
-            .map_err(Error::Key)?;
+        let signer =
+            rustls::crypto::aws_lc_rs::sign::any_supported_type(&issued.key).map_err(Error::Key)?;
         let info = CertInfo {
             identity: identity.to_string(),
             serial: issued.serial,
@@ -196,12 +196,18 @@ impl Manager {
         Ok(tokio::task::spawn_blocking(move || ca.issue(&id, ttl)).await??)
     }
 
-    fn start_renewal(self: &Arc<Self>, cell: &Arc<OnceCell<Arc<WorkloadCert>>>, cert: &Arc<WorkloadCert>) {
+    fn start_renewal(
+        self: &Arc<Self>,
+        cell: &Arc<OnceCell<Arc<WorkloadCert>>>,
+        cert: &Arc<WorkloadCert>,
+    ) {
         let task = tokio::spawn(renew(Arc::downgrade(self), Arc::downgrade(cert)));
         let mut entries = self.lock();
         match entries.get_mut(cert.identity()) {
             // Only the entry we were issued for; a forget() racing with issuance leaves none.
-            Some(entry) if Arc::ptr_eq(&entry.cell, cell) => entry.renewer = Some(task.abort_handle()),
+            Some(entry) if Arc::ptr_eq(&entry.cell, cell) => {
+                entry.renewer = Some(task.abort_handle())
+            }
             _ => task.abort(),
         }
     }
@@ -226,7 +232,11 @@ async fn renew(manager: Weak<Manager>, cert: Weak<WorkloadCert>) {
         let (Some(manager), Some(cert)) = (manager.upgrade(), cert.upgrade()) else {
             return;
         };
-        match manager.sign(cert.identity()).await.and_then(|i| cert.replace(i)) {
+        match manager
+            .sign(cert.identity())
+            .await
+            .and_then(|i| cert.replace(i))
+        {
             Ok(()) => {
                 manager.renewals.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(identity = %cert.identity(), serial = %cert.info().serial, "renewed workload certificate");

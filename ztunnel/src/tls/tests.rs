@@ -42,9 +42,11 @@ async fn handshake(client: Arc<rustls::ClientConfig>, server: Arc<rustls::Server
         tls.write_all(b"ready").await?;
         Ok(tls)
     };
-    tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(connect, accept) })
-        .await
-        .expect("handshake hung")
+    tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::join!(connect, accept)
+    })
+    .await
+    .expect("handshake hung")
 }
 
 fn serial_of(cert: &CertificateDer<'_>) -> String {
@@ -69,7 +71,10 @@ async fn mutual_handshake_sees_both_identities() {
     assert_eq!(peer_identity(c.get_ref().1).unwrap(), id("b"));
     for conn in [c.get_ref().1 as &rustls::CommonState, s.get_ref().1] {
         assert_eq!(conn.alpn_protocol(), Some(ALPN_H2));
-        assert_eq!(conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+        assert_eq!(
+            conn.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
     }
     let mut buf = [0u8; 5];
     c.read_exact(&mut buf).await.unwrap();
@@ -176,7 +181,10 @@ fn assert_untrusted(err: io::Error) {
 async fn assert_client_refused(c: io::Result<client::TlsStream<DuplexStream>>) {
     if let Ok(mut c) = c {
         let mut buf = [0u8; 5];
-        assert!(c.read_exact(&mut buf).await.is_err(), "client received data from a refusing server");
+        assert!(
+            c.read_exact(&mut buf).await.is_err(),
+            "client received data from a refusing server"
+        );
     }
 }
 
@@ -197,7 +205,10 @@ async fn renewal_keeps_open_connections_and_serves_new_cert() {
 
     let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
     while a.info().serial == old_a || b.info().serial == old_b {
-        assert!(tokio::time::Instant::now() < deadline, "certificates not renewed within 1.5 s");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "certificates not renewed within 1.5 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(m.renewals() >= 2);
@@ -235,5 +246,8 @@ fn peer_identity_requires_a_certificate() {
         ServerName::try_from("example.com").unwrap(),
     )
     .unwrap();
-    assert!(matches!(peer_identity(&conn), Err(Error::NoPeerCertificate)));
+    assert!(matches!(
+        peer_identity(&conn),
+        Err(Error::NoPeerCertificate)
+    ));
 }
