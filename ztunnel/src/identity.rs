@@ -3,6 +3,12 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod ca;
+pub mod manager;
+
+pub use ca::{Ca, Issued};
+pub use manager::{CertInfo, Manager, WorkloadCert};
+
 /// A SPIFFE identity of the Kubernetes form `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Identity {
@@ -61,6 +67,7 @@ impl FromStr for Identity {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
