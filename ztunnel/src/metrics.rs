@@ -1,1 +1,269 @@
-//! placeholder: replaced by the module's owner.
+//! Prometheus metrics: Istio's standard TCP metrics (so Istio dashboards work unchanged) and
+//! ztunnel's own certificate, pool and rejection metrics.
+
+pub mod connection;
+pub mod labels;
+
+pub use connection::ConnectionGuard;
+pub use labels::{ConnectionLabels, Reporter, ResponseFlags, SecurityPolicy};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::identity::Identity;
+
+/// Why the inbound proxy turned a peer away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// The TLS handshake failed (bad or untrusted certificate, wrong ALPN).
+    Tls,
+    /// The HBONE request was not a CONNECT.
+    Method,
+    /// The CONNECT authority was missing or not a local workload.
+    Authority,
+    /// Required HBONE headers were missing or malformed.
+    Headers,
+    /// Plaintext arrived on the HBONE port.
+    PlaintextOnHbone,
+    /// Plaintext to a workload whose PeerAuthentication is STRICT.
+    StrictMtls,
+    /// Denied by an authorization policy.
+    Policy,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Tls => "tls",
+            RejectReason::Method => "method",
+            RejectReason::Authority => "authority",
+            RejectReason::Headers => "headers",
+            RejectReason::PlaintextOnHbone => "plaintext_on_hbone",
+            RejectReason::StrictMtls => "strict_mtls",
+            RejectReason::Policy => "policy",
+        }
+    }
+}
+
+impl EncodeLabelValue for RejectReason {
+    fn encode(&self, w: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        w.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RejectLabels {
+    reason: RejectReason,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IdentityLabels {
+    identity: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+/// All metrics of the process; cheap to share behind an `Arc`, every method takes `&self`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    opened: Family<ConnectionLabels, Counter>,
+    closed: Family<ConnectionLabels, Counter>,
+    failed: Family<ConnectionLabels, Counter>,
+    sent_bytes: Family<ConnectionLabels, Counter>,
+    received_bytes: Family<ConnectionLabels, Counter>,
+    certificates: Gauge,
+    certificate_expiry: Family<IdentityLabels, Gauge>,
+    certificate_renewals: Counter,
+    pool_connections: Gauge,
+    pool_streams: Gauge,
+    inbound_rejected: Family<RejectLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        // Counter names are registered without `_total`: the encoder appends it, which yields
+        // exactly Istio's names (e.g. `istio_tcp_connections_opened_total`).
+        let opened = Family::default();
+        registry.register(
+            "istio_tcp_connections_opened",
+            "The total number of TCP connections opened",
+            opened.clone(),
+        );
+        let closed = Family::default();
+        registry.register(
+            "istio_tcp_connections_closed",
+            "The total number of TCP connections closed",
+            closed.clone(),
+        );
+        let failed = Family::default();
+        registry.register(
+            "istio_tcp_connections_failed",
+            "The total number of TCP connections that failed or were denied",
+            failed.clone(),
+        );
+        let sent_bytes = Family::default();
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "The size of total bytes sent during response in case of a TCP connection",
+            sent_bytes.clone(),
+        );
+        let received_bytes = Family::default();
+        registry.register(
+            "istio_tcp_received_bytes",
+            "The size of total bytes received during request in case of a TCP connection",
+            received_bytes.clone(),
+        );
+        let certificates = Gauge::default();
+        registry.register(
+            "ztunnel_certificates",
+            "Number of workload certificates held",
+            certificates.clone(),
+        );
+        let certificate_expiry = Family::default();
+        registry.register(
+            "ztunnel_certificate_expiry_seconds",
+            "Expiry of each workload certificate, as Unix time in seconds",
+            certificate_expiry.clone(),
+        );
+        let certificate_renewals = Counter::default();
+        registry.register(
+            "ztunnel_certificate_renewals",
+            "Number of workload certificates issued after the first one",
+            certificate_renewals.clone(),
+        );
+        let pool_connections = Gauge::default();
+        registry.register(
+            "ztunnel_hbone_pool_connections",
+            "Open pooled outbound HBONE connections",
+            pool_connections.clone(),
+        );
+        let pool_streams = Gauge::default();
+        registry.register(
+            "ztunnel_hbone_pool_streams",
+            "Open streams on pooled outbound HBONE connections",
+            pool_streams.clone(),
+        );
+        let inbound_rejected = Family::default();
+        registry.register(
+            "ztunnel_inbound_rejected",
+            "Inbound connections or streams rejected, by reason",
+            inbound_rejected.clone(),
+        );
+        // Info metrics get `_info` appended by the encoder.
+        registry.register(
+            "ztunnel_build",
+            "ztunnel build information",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            }),
+        );
+        Metrics {
+            registry,
+            opened,
+            closed,
+            failed,
+            sent_bytes,
+            received_bytes,
+            certificates,
+            certificate_expiry,
+            certificate_renewals,
+            pool_connections,
+            pool_streams,
+            inbound_rejected,
+        }
+    }
+
+    /// Counts a connection as opened; the guard counts its bytes and its close.
+    pub fn connection(&self, labels: ConnectionLabels) -> ConnectionGuard {
+        self.opened.get_or_create(&labels).inc();
+        ConnectionGuard {
+            sent: self.sent_bytes.get_or_create_owned(&labels),
+            received: self.received_bytes.get_or_create_owned(&labels),
+            closed: self.closed.get_or_create_owned(&labels),
+        }
+    }
+
+    /// Counts a connection that never carried traffic (denied, or upstream unreachable). It is
+    /// not counted as opened or closed, so `opened - closed` stays the number of live connections.
+    pub fn connection_failed(&self, labels: ConnectionLabels, flags: ResponseFlags) {
+        let labels = ConnectionLabels {
+            response_flags: flags,
+            ..labels
+        };
+        self.failed.get_or_create(&labels).inc();
+    }
+
+    pub fn set_certificates(&self, n: i64) {
+        self.certificates.set(n);
+    }
+
+    pub fn set_certificate_expiry(&self, identity: &Identity, unix_seconds: i64) {
+        self.certificate_expiry
+            .get_or_create(&IdentityLabels {
+                identity: identity.to_string(),
+            })
+            .set(unix_seconds);
+    }
+
+    /// Forgets a certificate that is no longer held, so its expiry stops being exported.
+    pub fn remove_certificate_expiry(&self, identity: &Identity) {
+        self.certificate_expiry.remove(&IdentityLabels {
+            identity: identity.to_string(),
+        });
+    }
+
+    pub fn inc_certificate_renewals(&self) {
+        self.certificate_renewals.inc();
+    }
+
+    pub fn set_hbone_pool_connections(&self, n: i64) {
+        self.pool_connections.set(n);
+    }
+
+    pub fn set_hbone_pool_streams(&self, n: i64) {
+        self.pool_streams.set(n);
+    }
+
+    /// The pool's connection gauge, for callers that track it with `inc`/`dec`.
+    pub fn hbone_pool_connections(&self) -> Gauge {
+        self.pool_connections.clone()
+    }
+
+    /// The pool's stream gauge, for callers that track it with `inc`/`dec`.
+    pub fn hbone_pool_streams(&self) -> Gauge {
+        self.pool_streams.clone()
+    }
+
+    pub fn inc_inbound_rejected(&self, reason: RejectReason) {
+        self.inbound_rejected
+            .get_or_create(&RejectLabels { reason })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;
