@@ -1,6 +1,6 @@
 //! Real namespaces, real nftables: every test builds a pod/peer pair with `netns::testing`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -306,7 +306,35 @@ async fn enroll_is_idempotent_and_unenroll_removes_everything() {
         .await
         .expect("direct connect");
     let (mut served, from) = accept(&server).await;
-    assert_eq!(canonical(from).ip(), IpAddr::from(POD_V4));
+    assert_eq!(canonical(from).ip(), POD_V4);
     echo_check(&mut app, &mut served).await;
     nothing_arrives(&outbound).await;
+}
+
+/// Guards the delivery test above: the app's replies only find their way back because of the
+/// fwmark routing, so without it the transparent handshake cannot complete.
+#[tokio::test]
+async fn transparent_delivery_needs_the_routing_rules() {
+    let env = enrolled().await;
+    env.pair
+        .pod
+        .ip(&["rule", "del", "fwmark", "0x53a", "lookup", "133"]);
+    let _app = env
+        .pod
+        .netns
+        .listen(any(8080), None)
+        .await
+        .expect("app listener");
+    let dst = SocketAddr::new(POD_V4, 8080);
+    let socket = env
+        .pod
+        .netns
+        .socket(dst, Marks::default().delivery, Some(PEER_V4))
+        .await
+        .expect("transparent socket");
+    let connected = tokio::time::timeout(Duration::from_secs(1), socket.connect(dst)).await;
+    assert!(
+        !matches!(connected, Ok(Ok(_))),
+        "handshake must not complete without the fwmark rule"
+    );
 }
