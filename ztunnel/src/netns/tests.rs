@@ -92,3 +92,30 @@ async fn transparent_source_must_match_family() {
         .expect_err("mixed families");
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
 }
+
+#[tokio::test]
+async fn dropping_the_netns_ends_its_thread() {
+    super::testing::require_root_and_tools();
+    thread_local! {
+        static HELD: std::cell::RefCell<Option<Arc<()>>> = const { std::cell::RefCell::new(None) };
+    }
+    let ns = Namespace::new("drop");
+    let netns = ns.open();
+    let alive = Arc::new(());
+    let held = alive.clone();
+    // Thread-locals are destroyed when the thread exits, which releases this clone.
+    netns
+        .run(move || HELD.with(|h| *h.borrow_mut() = Some(held)))
+        .await
+        .expect("run");
+    assert_eq!(Arc::strong_count(&alive), 2);
+    drop(netns);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while Arc::strong_count(&alive) > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "netns thread still running after drop"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
+use crate::capture::Error;
 use crate::capture::{Backend, Marks, Pod, Ports};
 use crate::netns::testing::{Pair, PEER_V4, PEER_V6, POD_V4, POD_V6};
 use crate::netns::Netns;
@@ -337,4 +338,26 @@ async fn transparent_delivery_needs_the_routing_rules() {
         !matches!(connected, Ok(Ok(_))),
         "handshake must not complete without the fwmark rule"
     );
+}
+
+#[test]
+fn failed_command_reports_its_stderr() {
+    crate::netns::testing::require_root_and_tools();
+    let err = run(
+        "test/pod",
+        "nft",
+        &["-f", "-"],
+        Some("table inet ztunnel { bogus }\n"),
+    )
+    .expect_err("invalid ruleset");
+    let message = err.to_string();
+    assert!(matches!(err, Error::Command { .. }), "{message}");
+    assert!(
+        message.contains("test/pod") && message.contains("syntax error"),
+        "{message}"
+    );
+
+    let err =
+        run("test/pod", "definitely-not-installed-ztcap", &[], None).expect_err("missing binary");
+    assert!(matches!(err, Error::Spawn { .. }), "{err}");
 }
