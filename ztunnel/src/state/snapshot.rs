@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{PeerAuthentication, Service, Workload, WorkloadUid};
-use crate::authz::Policy;
+use crate::authz::{Index, Policy};
 
 /// An immutable, indexed view of the mesh state. Proxies hold an `Arc<Snapshot>` for the
 /// duration of a decision, so a concurrent update never shows them half a change.
@@ -24,6 +24,8 @@ pub struct Snapshot {
     /// Endpoints of each service, in the order of `services`.
     #[serde(skip)]
     endpoints: Vec<Vec<Arc<Workload>>>,
+    #[serde(skip)]
+    authz: Index,
 }
 
 impl Snapshot {
@@ -57,10 +59,12 @@ impl Snapshot {
                     .collect()
             })
             .collect();
+        let policies: Vec<Arc<Policy>> = policies.into_iter().map(Arc::new).collect();
         Self {
             workloads,
             services,
-            policies: policies.into_iter().map(Arc::new).collect(),
+            authz: Index::new(&policies),
+            policies,
             peer_authentications,
             by_ip,
             by_uid,
@@ -88,6 +92,11 @@ impl Snapshot {
             .position(|s| Arc::ptr_eq(s, service))
             .map(|i| self.endpoints[i].as_slice())
             .unwrap_or(&[])
+    }
+
+    /// The authorization policies, indexed for evaluation.
+    pub fn authz(&self) -> &Index {
+        &self.authz
     }
 
     /// Workloads scheduled on `node`.
