@@ -66,15 +66,26 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let id: Identity = "spiffe://cluster.local/ns/default/sa/sleep".parse().unwrap();
+        let id: Identity = "spiffe://cluster.local/ns/default/sa/sleep"
+            .parse()
+            .unwrap();
         assert_eq!(id, Identity::new("cluster.local", "default", "sleep"));
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/sleep");
     }
 
     #[test]
     fn rejects_bad_shapes() {
-        assert!(matches!("http://x/ns/a/sa/b".parse::<Identity>(), Err(ParseError::Scheme(_))));
-        assert!(matches!("spiffe://x/ns/a".parse::<Identity>(), Err(ParseError::Shape(_))));
-        assert!(matches!("spiffe://x/ns//sa/b".parse::<Identity>(), Err(ParseError::Shape(_))));
+        assert!(matches!(
+            "http://x/ns/a/sa/b".parse::<Identity>(),
+            Err(ParseError::Scheme(_))
+        ));
+        assert!(matches!(
+            "spiffe://x/ns/a".parse::<Identity>(),
+            Err(ParseError::Shape(_))
+        ));
+        assert!(matches!(
+            "spiffe://x/ns//sa/b".parse::<Identity>(),
+            Err(ParseError::Shape(_))
+        ));
     }
 }

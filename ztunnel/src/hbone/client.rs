@@ -30,8 +30,10 @@ struct Shared {
 
 impl Shared {
     fn touch(&self) {
-        *self.last_used.lock().expect("last_used lock is never held across a panic") =
-            Instant::now();
+        *self
+            .last_used
+            .lock()
+            .expect("last_used lock is never held across a panic") = Instant::now();
     }
 }
 
@@ -88,7 +90,11 @@ impl Client {
 
     /// Opens a tunnel to `authority` (the final destination `ip:port`). Any status other than
     /// 200 is returned as [`Error::Status`].
-    pub async fn connect(&self, authority: SocketAddr, headers: HeaderMap) -> Result<Stream, Error> {
+    pub async fn connect(
+        &self,
+        authority: SocketAddr,
+        headers: HeaderMap,
+    ) -> Result<Stream, Error> {
         if self.is_closed() {
             return Err(Error::Closed);
         }

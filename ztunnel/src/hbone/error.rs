@@ -39,7 +39,9 @@ impl Error {
 /// that a peer reset looks like a TCP reset to code copying bytes.
 pub(crate) fn to_io(e: h2::Error) -> io::Error {
     if e.is_io() {
-        return e.into_io().unwrap_or_else(|| io::Error::other("h2 i/o error"));
+        return e
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("h2 i/o error"));
     }
     if e.is_go_away() {
         return io::Error::new(io::ErrorKind::ConnectionAborted, e);

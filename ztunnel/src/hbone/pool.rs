@@ -55,7 +55,10 @@ struct Entry {
 impl Entry {
     /// A connection with room for another stream, evicting dead ones on the way.
     fn usable(&self) -> Option<Client> {
-        let mut clients = self.clients.lock().expect("pool lock is never held across a panic");
+        let mut clients = self
+            .clients
+            .lock()
+            .expect("pool lock is never held across a panic");
         clients.retain(|c| !c.is_closed());
         let client = clients.iter().find(|c| c.is_ready())?.clone();
         // Restarts the idle clock so the sweep cannot close it before the caller opens a stream.

@@ -38,7 +38,9 @@ pub struct Incoming {
 impl Incoming {
     /// Answers 200 and returns the tunnel.
     pub fn accept(mut self) -> Result<Stream, Error> {
-        let send = self.respond.send_response(response(StatusCode::OK), false)?;
+        let send = self
+            .respond
+            .send_response(response(StatusCode::OK), false)?;
         Ok(Stream::new(send, self.recv, None))
     }
 

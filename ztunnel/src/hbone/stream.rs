@@ -50,10 +50,7 @@ impl Stream {
         let n = self.pending.len().min(buf.remaining());
         buf.put_slice(&self.pending[..n]);
         self.pending.advance(n);
-        self.recv
-            .flow_control()
-            .release_capacity(n)
-            .map_err(to_io)
+        self.recv.flow_control().release_capacity(n).map_err(to_io)
     }
 }
 

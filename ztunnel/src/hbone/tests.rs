@@ -1,5 +1,7 @@
 //! Loopback tests of the HBONE layer: real h2 over TCP, no TLS.
 
+#![allow(clippy::unwrap_used)]
+
 use std::future::{pending, Future};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,7 +36,11 @@ fn dst(port: u16) -> SocketAddr {
 /// connections and reports each finished `serve` through the channel.
 async fn listen<H, F>(
     server: Server<H>,
-) -> (SocketAddr, Arc<AtomicUsize>, mpsc::UnboundedReceiver<Result<(), Error>>)
+) -> (
+    SocketAddr,
+    Arc<AtomicUsize>,
+    mpsc::UnboundedReceiver<Result<(), Error>>,
+)
 where
     H: Fn(Incoming) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
@@ -98,7 +104,10 @@ async fn echo_through_tunnel_carries_authority_and_headers() {
 
     let target: SocketAddr = "[fd00::7]:8080".parse().unwrap();
     let source: SocketAddr = "10.1.2.3:4567".parse().unwrap();
-    let mut stream = client.connect(target, headers::outbound(source)).await.unwrap();
+    let mut stream = client
+        .connect(target, headers::outbound(source))
+        .await
+        .unwrap();
     assert_eq!(client.active_streams(), 1);
     assert_eq!(roundtrip(&mut stream, b"hello hbone").await, b"hello hbone");
 
@@ -176,7 +185,10 @@ async fn half_close_client_first() {
         let mut got = Vec::new();
         stream.read_to_end(&mut got).await.unwrap();
         // Our write side must still work after the peer finished sending.
-        stream.write_all(&[b"got:", &got[..]].concat()).await.unwrap();
+        stream
+            .write_all(&[b"got:", &got[..]].concat())
+            .await
+            .unwrap();
         stream.shutdown().await.unwrap();
     };
     let (addr, _, _) = listen(Server::new(Settings::default(), handler)).await;
@@ -239,7 +251,10 @@ async fn copy_bidirectional_preserves_half_close() {
     let app_addr = app.local_addr().unwrap();
     let proxy = tokio::spawn(async move {
         let (mut downstream, _) = app.accept().await.unwrap();
-        let mut stream = client.connect(backend_addr, HeaderMap::new()).await.unwrap();
+        let mut stream = client
+            .connect(backend_addr, HeaderMap::new())
+            .await
+            .unwrap();
         tokio::io::copy_bidirectional(&mut downstream, &mut stream)
             .await
             .unwrap()
@@ -333,7 +348,10 @@ async fn oversized_headers_refuse_only_that_stream() {
     let mut before = client.connect(dst(1), HeaderMap::new()).await.unwrap();
 
     let mut big = HeaderMap::new();
-    big.insert("x-big", HeaderValue::from_str(&"a".repeat(20 * 1024)).unwrap());
+    big.insert(
+        "x-big",
+        HeaderValue::from_str(&"a".repeat(20 * 1024)).unwrap(),
+    );
     let refused = client.connect(dst(2), big).await;
     match refused {
         Err(Error::Status(431)) => {}
@@ -493,12 +511,24 @@ async fn pool_concurrent_gets_open_one_connection() {
     for c in &clients {
         streams.push(c.connect(dst(1), HeaderMap::new()).await.unwrap());
     }
-    assert_eq!(pool.stats(), PoolStats { connections: 1, streams: 20 });
+    assert_eq!(
+        pool.stats(),
+        PoolStats {
+            connections: 1,
+            streams: 20
+        }
+    );
     for s in &mut streams {
         assert_eq!(roundtrip(s, b"x").await, b"x");
     }
     drop(streams);
-    assert_eq!(pool.stats(), PoolStats { connections: 1, streams: 0 });
+    assert_eq!(
+        pool.stats(),
+        PoolStats {
+            connections: 1,
+            streams: 0
+        }
+    );
 }
 
 #[tokio::test]
@@ -581,10 +611,16 @@ async fn pool_shares_a_failed_attempt_then_retries() {
 fn outbound_headers_follow_istio_format() {
     let v4 = headers::outbound("10.0.0.9:1234".parse().unwrap());
     assert_eq!(v4.get("forwarded").unwrap(), "for=10.0.0.9");
-    assert_eq!(headers::forwarded_for(&v4), Some("10.0.0.9".parse().unwrap()));
+    assert_eq!(
+        headers::forwarded_for(&v4),
+        Some("10.0.0.9".parse().unwrap())
+    );
     let v6 = headers::outbound("[fd00::9]:1234".parse().unwrap());
     assert_eq!(v6.get("forwarded").unwrap(), "for=\"[fd00::9]\"");
-    assert_eq!(headers::forwarded_for(&v6), Some("fd00::9".parse().unwrap()));
+    assert_eq!(
+        headers::forwarded_for(&v6),
+        Some("fd00::9".parse().unwrap())
+    );
 
     let a = headers::traceparent();
     let b = headers::traceparent();
@@ -595,7 +631,7 @@ fn outbound_headers_follow_istio_format() {
     assert_eq!(parts[1].len(), 32);
     assert_eq!(parts[2].len(), 16);
     assert_eq!(parts[3], "01");
-    assert!(parts[1..3]
-        .iter()
-        .all(|p| p.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())));
+    assert!(parts[1..3].iter().all(|p| p
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())));
 }

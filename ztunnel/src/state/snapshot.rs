@@ -39,7 +39,10 @@ impl Snapshot {
             .iter()
             .flat_map(|w| w.ips.iter().map(move |ip| (*ip, w.clone())))
             .collect();
-        let by_uid = workloads.iter().map(|w| (w.uid.clone(), w.clone())).collect();
+        let by_uid = workloads
+            .iter()
+            .map(|w| (w.uid.clone(), w.clone()))
+            .collect();
         let by_vip = services
             .iter()
             .flat_map(|s| s.vips.iter().map(move |ip| (*ip, s.clone())))
