@@ -635,3 +635,46 @@ fn outbound_headers_follow_istio_format() {
         .chars()
         .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())));
 }
+
+#[tokio::test]
+async fn dead_connection_fails_its_streams_only() {
+    let (err_tx, mut err_rx) = mpsc::unbounded_channel();
+    let handler = move |incoming: Incoming| {
+        let err_tx = err_tx.clone();
+        async move {
+            if incoming.authority.port() == 1 {
+                let mut stream = incoming.accept().unwrap();
+                let mut got = Vec::new();
+                let _ = err_tx.send(stream.read_to_end(&mut got).await.map(|_| got));
+            } else {
+                echo(incoming).await;
+            }
+        }
+    };
+    let (addr, _, mut done) = listen(Server::new(Settings::default(), handler)).await;
+    let dying = client(addr, &Settings::default()).await;
+    let other = client(addr, &Settings::default()).await;
+    let mut cut = dying.connect(dst(1), HeaderMap::new()).await.unwrap();
+    cut.write_all(b"partial").await.unwrap();
+    let mut fine = other.connect(dst(2), HeaderMap::new()).await.unwrap();
+    fine.write_all(b"one ").await.unwrap();
+
+    // The transport vanishes mid-stream: the server-side tunnel must not look like a clean EOF.
+    dying.close();
+    let read = tokio::time::timeout(WAIT, err_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(read.is_err(), "abort surfaced as clean EOF: {read:?}");
+    // h2 treats the transport's EOF as the end of the connection, so `serve` just returns.
+    tokio::time::timeout(WAIT, done.recv())
+        .await
+        .expect("serve of the dead connection returned")
+        .unwrap()
+        .ok();
+    let mut buf = [0u8; 8];
+    assert!(cut.read(&mut buf).await.is_err());
+
+    assert_eq!(roundtrip(&mut fine, b"two").await, b"one two");
+    assert!(!other.is_closed());
+}
