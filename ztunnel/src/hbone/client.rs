@@ -1,0 +1,180 @@
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
+use tracing::debug;
+
+use super::{Error, Settings, Stream};
+
+/// Sending half of one HBONE connection. Cheap to clone; every clone multiplexes onto the same
+/// connection, whose h2 driver runs in a background task until the peer goes away, a keepalive
+/// PING goes unanswered or [`Client::close`] is called.
+#[derive(Clone)]
+pub struct Client {
+    send: h2::client::SendRequest<Bytes>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    closed: AtomicBool,
+    active: AtomicUsize,
+    /// Last time the connection had a stream opened or closed; the pool's idle clock.
+    last_used: Mutex<Instant>,
+    close: Notify,
+}
+
+impl Shared {
+    fn touch(&self) {
+        *self
+            .last_used
+            .lock()
+            .expect("last_used lock is never held across a panic") = Instant::now();
+    }
+}
+
+/// Counts a stream as active on its connection for as long as the tunnel lives.
+pub(crate) struct StreamGuard(Arc<Shared>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.touch();
+    }
+}
+
+impl Client {
+    /// Performs the HTTP/2 handshake over an established transport and spawns the connection
+    /// driver (with keepalive) on the current tokio runtime.
+    pub async fn handshake<IO>(io: IO, settings: &Settings) -> Result<Client, Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, mut conn) = h2::client::Builder::new()
+            .initial_window_size(settings.stream_window)
+            .initial_connection_window_size(settings.connection_window)
+            .max_frame_size(settings.max_frame_size)
+            .max_header_list_size(settings.max_header_list_size)
+            .max_send_buffer_size(settings.send_buffer_size)
+            .enable_push(false)
+            .handshake::<_, Bytes>(io)
+            .await?;
+        let shared = Arc::new(Shared {
+            closed: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            last_used: Mutex::new(Instant::now()),
+            close: Notify::new(),
+        });
+        let ping_pong = conn.ping_pong();
+        let driver_shared = shared.clone();
+        let (interval, timeout) = (settings.keepalive_interval, settings.keepalive_timeout);
+        tokio::spawn(async move {
+            let result = tokio::select! {
+                r = &mut conn => r.map_err(Error::from),
+                r = keepalive(ping_pong, interval, timeout) => r,
+                _ = driver_shared.close.notified() => Ok(()),
+            };
+            driver_shared.closed.store(true, Ordering::Release);
+            match result {
+                Ok(()) => debug!("hbone client connection closed"),
+                Err(e) => debug!(error = %e, "hbone client connection failed"),
+            }
+            // Dropping `conn` here closes the transport, failing any streams still open.
+        });
+        Ok(Client { send, shared })
+    }
+
+    /// Opens a tunnel to `authority` (the final destination `ip:port`). Any status other than
+    /// 200 is returned as [`Error::Status`].
+    pub async fn connect(
+        &self,
+        authority: SocketAddr,
+        headers: HeaderMap,
+    ) -> Result<Stream, Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let mut request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(authority.to_string())
+            .body(())
+            .expect("a socket address is a valid authority-form URI");
+        *request.headers_mut() = headers;
+
+        // Counted before the request goes out so concurrent callers see the slot as taken.
+        self.shared.active.fetch_add(1, Ordering::AcqRel);
+        let guard = StreamGuard(self.shared.clone());
+        self.shared.touch();
+
+        let mut send = self.send.clone().ready().await?;
+        let (response, send_stream) = send.send_request(request, false)?;
+        let response = response.await?;
+        if response.status() != StatusCode::OK {
+            return Err(Error::Status(response.status().as_u16()));
+        }
+        Ok(Stream::new(send_stream, response.into_body(), Some(guard)))
+    }
+
+    /// True while the connection is alive and below the peer's concurrent stream limit.
+    pub fn is_ready(&self) -> bool {
+        !self.is_closed() && self.active_streams() < self.send.current_max_send_streams()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    pub fn active_streams(&self) -> usize {
+        self.shared.active.load(Ordering::Acquire)
+    }
+
+    /// How long the connection has had no stream opened or closed.
+    pub fn idle_for(&self) -> Duration {
+        if self.active_streams() > 0 {
+            return Duration::ZERO;
+        }
+        self.shared
+            .last_used
+            .lock()
+            .expect("last_used lock is never held across a panic")
+            .elapsed()
+    }
+
+    /// Closes the connection (abruptly, for all clones); streams still open fail.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.close.notify_one();
+    }
+
+    pub(crate) fn touch(&self) {
+        self.shared.touch();
+    }
+
+    /// Whether two handles share one connection.
+    pub fn same_connection(&self, other: &Client) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+/// Resolves with an error once a PING goes unanswered for `timeout`; never resolves otherwise.
+async fn keepalive(
+    ping_pong: Option<h2::PingPong>,
+    interval: Duration,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let Some(mut ping_pong) = ping_pong else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(timeout, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => continue,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_elapsed) => return Err(Error::Timeout),
+        }
+    }
+}

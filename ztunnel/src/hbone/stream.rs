@@ -1,0 +1,146 @@
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use h2::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::client::StreamGuard;
+use super::error::to_io;
+
+/// Upper bound on one write's reservation, so a huge write cannot claim the whole connection
+/// window for a single stream.
+const MAX_WRITE: usize = 1024 * 1024;
+
+/// One CONNECT tunnel as a byte stream. Dropping it without `shutdown` resets the stream, so the
+/// peer sees an abort rather than a clean EOF.
+pub struct Stream {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    /// Rest of a DATA frame the reader has not consumed yet; its flow-control capacity is
+    /// released only as the application takes it, so a slow reader back-pressures the peer.
+    pending: Bytes,
+    write_closed: bool,
+    _guard: Option<StreamGuard>,
+}
+
+impl Stream {
+    pub(crate) fn new(
+        send: SendStream<Bytes>,
+        recv: RecvStream,
+        guard: Option<StreamGuard>,
+    ) -> Stream {
+        Stream {
+            send,
+            recv,
+            pending: Bytes::new(),
+            write_closed: false,
+            _guard: guard,
+        }
+    }
+
+    /// Aborts the tunnel in both directions (RST_STREAM CANCEL), e.g. when the upstream
+    /// connection failed and the peer must not mistake the end for a clean close.
+    pub fn reset(mut self) {
+        self.send.send_reset(h2::Reason::CANCEL);
+    }
+
+    fn copy_pending(&mut self, buf: &mut ReadBuf<'_>) -> io::Result<()> {
+        let n = self.pending.len().min(buf.remaining());
+        buf.put_slice(&self.pending[..n]);
+        self.pending.advance(n);
+        self.recv.flow_control().release_capacity(n).map_err(to_io)
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if !this.pending.is_empty() {
+                return Poll::Ready(this.copy_pending(buf));
+            }
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => this.pending = data,
+                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+                // END_STREAM: the peer half-closed, which is EOF for us.
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if this.write_closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "hbone stream already shut down for writing",
+            )));
+        }
+        let want = buf.len().min(MAX_WRITE);
+        this.send.reserve_capacity(want);
+        loop {
+            let granted = this.send.capacity();
+            if granted > 0 {
+                let n = granted.min(want);
+                this.send
+                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                    .map_err(to_io)?;
+                return Poll::Ready(Ok(n));
+            }
+            // A reset while we wait for window would otherwise leave us pending forever.
+            if let Poll::Ready(reset) = this.send.poll_reset(cx) {
+                return Poll::Ready(Err(match reset {
+                    Ok(reason) => io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        format!("hbone stream reset by peer: {reason}"),
+                    ),
+                    Err(e) => to_io(e),
+                }));
+            }
+            match ready!(this.send.poll_capacity(cx)) {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+                None => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "hbone stream closed",
+                    )))
+                }
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // h2 writes queued data from its connection task; there is nothing to push from here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.write_closed {
+            return Poll::Ready(Ok(()));
+        }
+        this.write_closed = true;
+        // Return any window we asked for but will never use to the connection.
+        this.send.reserve_capacity(0);
+        Poll::Ready(this.send.send_data(Bytes::new(), true).map_err(to_io))
+    }
+}
