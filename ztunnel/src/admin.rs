@@ -3,7 +3,7 @@
 
 pub mod http;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hyper::{Method, Request, StatusCode};
@@ -22,6 +22,7 @@ pub struct Admin {
     pub ready: AtomicBool,
     /// Fired by `/quitquitquit`: the process drains and exits as on SIGTERM.
     pub quit: CancellationToken,
+    pub renewals_seen: AtomicU64,
 }
 
 impl Admin {
@@ -70,13 +71,17 @@ impl Admin {
     }
 
     fn refresh_gauges(&self) {
-        let certs = self.ctx.identities.certs();
-        self.ctx.metrics.set_certificates(&certs);
-        self.ctx
-            .metrics
-            .set_certificate_renewals(self.ctx.identities.renewals());
+        let m = &self.ctx.metrics;
+        m.set_certificates(self.ctx.identities.certs().len() as i64);
+        // The manager counts renewals itself; the counter catches up at each scrape.
+        let total = self.ctx.identities.renewals();
+        let seen = self.renewals_seen.swap(total, Ordering::AcqRel);
+        for _ in seen..total {
+            m.inc_certificate_renewals();
+        }
         let pool = self.ctx.pool.stats();
-        self.ctx.metrics.set_pool(pool.connections as i64, pool.streams as i64);
+        m.set_hbone_pool_connections(pool.connections as i64);
+        m.set_hbone_pool_streams(pool.streams as i64);
     }
 
     fn admin(&self, req: Request<hyper::body::Incoming>) -> Reply {

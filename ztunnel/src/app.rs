@@ -77,6 +77,7 @@ pub async fn run(config_path: &Path, node: &str) -> anyhow::Result<()> {
         log,
         ready: Default::default(),
         quit: CancellationToken::new(),
+        renewals_seen: Default::default(),
     });
     // The node-local endpoints outlive the drain so probes and scrapes see it happen.
     let endpoints_stop = CancellationToken::new();
@@ -93,7 +94,8 @@ pub async fn run(config_path: &Path, node: &str) -> anyhow::Result<()> {
     let initial = registry.reconcile(&store.load()).await;
     if initial.is_empty() {
         admin.ready.store(true, Ordering::Release);
-        tracing::info!(pods = registry.len().await, "ready");
+        let pods = registry.len().await;
+        tracing::info!(pods, "ready");
     }
     tokio::spawn(reload::watch(
         PathBuf::from(config_path),
@@ -130,7 +132,8 @@ async fn react(ctx: Arc<Context>, registry: Arc<Registry>, admin: Arc<Admin>) {
         let snap = ctx.store.load();
         let failed = registry.reconcile(&snap).await;
         if failed.is_empty() && !admin.ready.swap(true, Ordering::AcqRel) {
-            tracing::info!(pods = registry.len().await, "ready");
+            let pods = registry.len().await;
+            tracing::info!(pods, "ready");
         }
         let closed = ctx.tracker.recheck(&snap, &ctx.config.root_namespace);
         if closed > 0 {

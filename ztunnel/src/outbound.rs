@@ -12,7 +12,7 @@ use std::time::Instant;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::identity::Identity;
-use crate::metrics::ConnectionLabels;
+use crate::metrics::{ConnectionLabels, Reporter, ResponseFlags};
 use crate::pod::Pod;
 use crate::proxy::copy::{self, Outcome};
 use crate::proxy::{Context, Error, Fault, Kind};
@@ -57,7 +57,7 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
         Ok(r) => r,
         Err(e) => {
             let labels = ConnectionLabels::new(
-                "source",
+                Reporter::Source,
                 src.as_deref(),
                 Some(&pod.identity),
                 None,
@@ -65,7 +65,7 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
                 None,
                 false,
             );
-            ctx.metrics.connection_failed(&labels, "NR");
+            ctx.metrics.connection_failed(labels, ResponseFlags::Connect);
             tracing::info!(target: "access", direction = "outbound", src.addr = %peer, src.workload = %pod.uid, dst.addr = %orig, error = %e, "connection failed");
             return;
         }
@@ -87,7 +87,7 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
         .filter(|_| mtls)
         .map(|w| w.identity(&ctx.config.trust_domain));
     let labels = ConnectionLabels::new(
-        "source",
+        Reporter::Source,
         src.as_deref(),
         Some(&pod.identity),
         dst_workload.as_deref(),
@@ -106,7 +106,7 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
     let mut upstream = match connected {
         Ok(u) => u,
         Err(err) => {
-            ctx.metrics.connection_failed(&labels, err.response_flags());
+            ctx.metrics.connection_failed(labels.clone(), err.response_flags());
             tracing::info!(target: "access", direction = "outbound", src.addr = %peer, src.workload = %pod.uid, src.identity = %pod.identity, dst.addr = %target, dst.identity = dst_identity.as_ref().map(|i| i.to_string()), error = %err, "connection failed");
             return;
         }

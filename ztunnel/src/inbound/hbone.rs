@@ -11,7 +11,7 @@ use tokio_rustls::TlsAcceptor;
 use super::{deliver, Summary};
 use crate::hbone::{self, Incoming};
 use crate::identity::Identity;
-use crate::metrics::ConnectionLabels;
+use crate::metrics::{ConnectionLabels, RejectReason, Reporter};
 use crate::pod::Pod;
 use crate::proxy::copy;
 use crate::proxy::{Context, Error, Fault, Kind};
@@ -43,12 +43,12 @@ async fn handle(
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            ctx.metrics.inbound_rejected("tls");
+            ctx.metrics.inc_inbound_rejected(RejectReason::Tls);
             tracing::info!(pod = %pod.uid, %peer, error = %e, "inbound TLS handshake failed");
             return;
         }
         Err(_) => {
-            ctx.metrics.inbound_rejected("tls");
+            ctx.metrics.inc_inbound_rejected(RejectReason::Tls);
             tracing::info!(pod = %pod.uid, %peer, "inbound TLS handshake timed out");
             return;
         }
@@ -56,32 +56,27 @@ async fn handle(
     let peer_id = match tls::peer_identity(stream.get_ref().1) {
         Ok(id) => Arc::new(id),
         Err(e) => {
-            ctx.metrics.inbound_rejected("tls");
+            ctx.metrics.inc_inbound_rejected(RejectReason::Tls);
             tracing::info!(pod = %pod.uid, %peer, error = %e, "inbound peer has no usable identity");
             return;
         }
     };
     let metrics = ctx.metrics.clone();
-    let reject = Arc::new(move |reason: hbone::RejectReason| {
-        metrics.inbound_rejected(reason.as_str());
+    let server = hbone::Server::new(ctx.hbone.clone(), {
+        let ctx = ctx.clone();
+        let pod = pod.clone();
+        move |incoming: Incoming| tunnel(ctx.clone(), pod.clone(), incoming, peer, peer_id.clone())
+    })
+    .on_reject(move |reason| {
+        metrics.inc_inbound_rejected(match reason {
+            hbone::RejectReason::Method => RejectReason::Method,
+            hbone::RejectReason::Authority => RejectReason::Authority,
+            hbone::RejectReason::Headers => RejectReason::Headers,
+        })
     });
-    let result = hbone::Server::serve(
-        stream,
-        ctx.hbone.clone(),
-        reject,
-        ctx.draining.clone(),
-        {
-            let ctx = ctx.clone();
-            let pod = pod.clone();
-            move |incoming: Incoming| {
-                let ctx = ctx.clone();
-                let pod = pod.clone();
-                let peer_id = peer_id.clone();
-                async move { tunnel(ctx, pod, incoming, peer, peer_id).await }
-            }
-        },
-    )
-    .await;
+    let result = server
+        .serve(stream, ctx.draining.clone().cancelled_owned())
+        .await;
     if let Err(e) = result {
         tracing::debug!(pod = %pod.uid, %peer, error = %e, "HBONE connection ended with an error");
     }
@@ -107,21 +102,21 @@ async fn tunnel(
         start,
     };
     if !pod.ips.contains(&target.ip()) {
-        ctx.metrics.inbound_rejected("authority");
+        ctx.metrics.inc_inbound_rejected(RejectReason::Authority);
         summary.failed(&Error::new(
             Kind::Authority,
             Fault::Downstream,
             format!("CONNECT target {target} is not an address of this pod"),
         ));
-        incoming.reject(400);
+        let _ = incoming.reject(400);
         return;
     }
     let Some(workload) = snap.workload_by_uid(&pod.uid).cloned() else {
-        incoming.reject(503);
+        let _ = incoming.reject(503);
         return;
     };
     let labels = ConnectionLabels::new(
-        "destination",
+        Reporter::Destination,
         snap.workload_by_ip(peer.ip()).map(|w| w.as_ref()),
         Some(&peer_id),
         Some(&workload),
@@ -130,19 +125,19 @@ async fn tunnel(
         true,
     );
     if let Err(err) = super::authorize(&snap, &workload, Some(&peer_id), peer, target.port()) {
-        ctx.metrics.inbound_rejected("policy");
-        ctx.metrics.connection_failed(&labels, err.response_flags());
+        ctx.metrics.inc_inbound_rejected(RejectReason::Policy);
+        ctx.metrics.connection_failed(labels.clone(), err.response_flags());
         summary.failed(&err);
-        incoming.reject(401);
+        let _ = incoming.reject(401);
         return;
     }
     drop(snap);
     let mut upstream = match deliver::connect(&ctx, &pod, target, peer.ip()).await {
         Ok(s) => s,
         Err(err) => {
-            ctx.metrics.connection_failed(&labels, err.response_flags());
+            ctx.metrics.connection_failed(labels.clone(), err.response_flags());
             summary.failed(&err);
-            incoming.reject(503);
+            let _ = incoming.reject(503);
             return;
         }
     };
@@ -150,7 +145,7 @@ async fn tunnel(
         Ok(s) => s,
         Err(e) => {
             let err = Error::new(Kind::Hbone, Fault::Downstream, e);
-            ctx.metrics.connection_failed(&labels, err.response_flags());
+            ctx.metrics.connection_failed(labels.clone(), err.response_flags());
             summary.failed(&err);
             return;
         }

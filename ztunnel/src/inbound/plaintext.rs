@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{deliver, Summary};
-use crate::metrics::ConnectionLabels;
+use crate::metrics::{ConnectionLabels, RejectReason, Reporter};
 use crate::pod::Pod;
 use crate::proxy::copy;
 use crate::proxy::{Context, Error, Fault, Kind};
@@ -43,7 +43,7 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
         start,
     };
     let labels = ConnectionLabels::new(
-        "destination",
+        Reporter::Destination,
         snap.workload_by_ip(peer.ip()).map(|w| w.as_ref()),
         None,
         Some(&workload),
@@ -54,16 +54,16 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
     let ports = &ctx.config.listeners;
     let checked = if [ports.outbound, ports.inbound_plaintext, ports.hbone].contains(&orig.port()) {
         // Not redirected: a client dialled a ztunnel port directly. Delivering would loop.
-        ctx.metrics.inbound_rejected("plaintext_on_hbone");
+        ctx.metrics.inc_inbound_rejected(RejectReason::PlaintextOnHbone);
         Err(Error::new(Kind::OriginalDst, Fault::Downstream, format!("{orig} is a ztunnel port")))
     } else if peer_authn::mode_for(&snap.peer_authentications, &workload, &ctx.config.root_namespace)
         == MtlsMode::Strict
     {
-        ctx.metrics.inbound_rejected("strict_mtls");
+        ctx.metrics.inc_inbound_rejected(RejectReason::StrictMtls);
         Err(Error::new(Kind::StrictMtls, Fault::Policy, "plaintext refused: STRICT mTLS in force"))
     } else {
         super::authorize(&snap, &workload, None, peer, orig.port()).inspect_err(|_| {
-            ctx.metrics.inbound_rejected("policy");
+            ctx.metrics.inc_inbound_rejected(RejectReason::Policy);
         })
     };
     let connected = match checked {
@@ -73,7 +73,7 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
     let mut upstream = match connected {
         Ok(s) => s,
         Err(err) => {
-            ctx.metrics.connection_failed(&labels, err.response_flags());
+            ctx.metrics.connection_failed(labels.clone(), err.response_flags());
             summary.failed(&err);
             return;
         }

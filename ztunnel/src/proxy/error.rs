@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::metrics::ResponseFlags;
+
 /// What failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -63,11 +65,11 @@ impl Error {
     }
 
     /// Istio's response flag for a connection that failed this way.
-    pub fn response_flags(&self) -> &'static str {
+    pub fn response_flags(&self) -> ResponseFlags {
         match self.kind {
-            Kind::Denied | Kind::StrictMtls => "DENY",
-            Kind::Connect | Kind::Tls | Kind::Hbone | Kind::Identity => "CONNECT",
-            Kind::OriginalDst | Kind::Authority | Kind::Io => "-",
+            Kind::Denied | Kind::StrictMtls => ResponseFlags::Deny,
+            Kind::Connect | Kind::Tls | Kind::Hbone | Kind::Identity => ResponseFlags::Connect,
+            Kind::OriginalDst | Kind::Authority | Kind::Io => ResponseFlags::None,
         }
     }
 }
