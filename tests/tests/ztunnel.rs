@@ -79,7 +79,11 @@ fn render(topo: &Topology, dir: &Path, node: u8, o: &Opts) -> String {
             .iter()
             .find(|(n, pod, _)| (*n == 0 || *n == node) && pod == name)
             .map_or(*name, |(_, _, sa)| *sa);
-        let svc = if ["c", "d"].contains(name) { ", svc: echo" } else { "" };
+        let svc = if ["c", "d"].contains(name) {
+            ", svc: echo"
+        } else {
+            ""
+        };
         let _ = write!(
             y,
             "  - uid: uid-{name}\n    name: {name}\n    namespace: default\n    serviceAccount: {sa}\n    labels: {{app: {name}{svc}}}\n    ips: [{}, \"{}\"]\n    node: n{}\n",
@@ -110,8 +114,11 @@ impl Mesh {
         let topo = Topology::create().expect("topology");
         let dir = tempfile::tempdir().expect("tempdir");
         for node in [1, 2] {
-            std::fs::write(config_path(dir.path(), node), render(&topo, dir.path(), node, &opts))
-                .expect("write config");
+            std::fs::write(
+                config_path(dir.path(), node),
+                render(&topo, dir.path(), node, &opts),
+            )
+            .expect("write config");
         }
         // n1 first: with a shared state directory it creates the CA that n2 then reuses.
         let mut z1 = Ztunnel::start(topo.node(1), &config_path(dir.path(), 1), "n1", &[])
@@ -135,7 +142,10 @@ impl Mesh {
 
     /// Rewrites both nodes' files and waits until both daemons report the reload.
     fn reconfigure(&mut self, opts: Opts) {
-        let before = (count(&self.z1.log(), "configuration reloaded"), count(&self.z2.log(), "configuration reloaded"));
+        let before = (
+            count(&self.z1.log(), "configuration reloaded"),
+            count(&self.z2.log(), "configuration reloaded"),
+        );
         for node in [1, 2] {
             std::fs::write(
                 config_path(self.dir.path(), node),
@@ -166,19 +176,24 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-/// Opens a connection from `pod` and checks an echo round trip through it.
+/// Opens a connection from `pod` and checks an echo round trip through it; the connection
+/// stays open (no half-close) for the caller.
 fn echo(pod: &Pod, target: SocketAddr, msg: &[u8]) -> std::io::Result<TcpStream> {
     let mut s = pod.connect(target, TIMEOUT)?;
     s.set_read_timeout(Some(TIMEOUT))?;
-    let got = app::roundtrip(&mut s, msg)?;
-    if got != msg {
-        return Err(std::io::Error::other(format!(
-            "echo mismatch: sent {} bytes, got {}",
-            msg.len(),
-            got.len()
-        )));
-    }
+    ping(&mut s, msg)?;
     Ok(s)
+}
+
+/// One echo exchange on an open connection.
+fn ping(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    s.write_all(msg)?;
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got)?;
+    if got != msg {
+        return Err(std::io::Error::other("echo mismatch"));
+    }
+    Ok(())
 }
 
 /// A connection the mesh refuses is accepted by the pod's outbound listener (capture is
@@ -215,29 +230,44 @@ fn pod_to_pod_same_node_and_across_nodes_with_identities() {
         m.pod("c").addr_v4(8080),
         m.pod("c").addr_v6(8080),
     ] {
-        echo(a, target, b"hello through the mesh").unwrap_or_else(|e| panic!("a -> {target}: {e}\n{}", m.z1.log()));
+        echo(a, target, b"hello through the mesh")
+            .unwrap_or_else(|e| panic!("a -> {target}: {e}\n{}", m.z1.log()));
     }
     // The apps see the client's own address: delivery is transparent.
     let a_ips: Vec<IpAddr> = vec![a.ipv4.into(), a.ipv6.into()];
-    assert_eq!(b_srv.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(), vec![a_ips[0]]);
-    assert_eq!(c_srv.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(), a_ips);
+    assert_eq!(
+        b_srv.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
+        vec![a_ips[0]]
+    );
+    assert_eq!(
+        c_srv.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
+        a_ips
+    );
 
     // The destination's ztunnel saw a's SPIFFE identity; the source's dialled c's.
-    wait_for("access log on n2", || access_lines(&m.z2.log(), "inbound").len() >= 2);
+    wait_for("access log on n2", || {
+        access_lines(&m.z2.log(), "inbound").len() >= 2
+    });
     let z2_log = m.z2.log();
     let inbound = access_lines(&z2_log, "inbound");
     assert!(
-        inbound.iter().all(|l| l.contains(&spiffe("a")) && l.contains(&spiffe("c"))),
+        inbound
+            .iter()
+            .all(|l| l.contains(&spiffe("a")) && l.contains(&spiffe("c"))),
         "inbound lines on n2 lack identities: {inbound:#?}"
     );
     let z1_log = m.z1.log();
     let outbound = access_lines(&z1_log, "outbound");
     assert!(
-        outbound.iter().any(|l| l.contains(&spiffe("a")) && l.contains(&spiffe("c")) && l.contains("mutual_tls")),
+        outbound.iter().any(|l| l.contains(&spiffe("a"))
+            && l.contains(&spiffe("c"))
+            && l.contains("mutual_tls")),
         "outbound lines on n1: {outbound:#?}"
     );
     assert!(
-        access_lines(&z1_log, "inbound").iter().any(|l| l.contains(&spiffe("b"))),
+        access_lines(&z1_log, "inbound")
+            .iter()
+            .any(|l| l.contains(&spiffe("b"))),
         "same-node delivery to b was not through HBONE: {z1_log}"
     );
 }
@@ -266,15 +296,28 @@ fn bytes_between_nodes_are_tls_only() {
     let cap = PacketCapture::start(&n1.netns_path, &n1.link_iface).expect("capture");
     let secret = b"APPLICATION-PLAINTEXT-5e1f0c";
     let mut s = echo(m.pod("a"), m.pod("c").addr_v4(8080), secret).expect("a -> c");
-    app::roundtrip(&mut s, secret).expect("second round trip");
+    ping(&mut s, secret).expect("second round trip");
     drop(s);
     std::thread::sleep(Duration::from_millis(200));
     let frames = cap.stop();
-    assert!(!capture::contains(&frames, secret), "plaintext crossed the node link");
-    assert!(capture::count_tcp_to_port(&frames, 15008) > 0, "no HBONE traffic seen on the link");
-    assert_eq!(capture::count_tcp_to_port(&frames, 8080), 0, "app port seen on the link");
+    assert!(
+        !capture::contains(&frames, secret),
+        "plaintext crossed the node link"
+    );
+    assert!(
+        capture::count_tcp_to_port(&frames, 15008) > 0,
+        "no HBONE traffic seen on the link"
+    );
+    assert_eq!(
+        capture::count_tcp_to_port(&frames, 8080),
+        0,
+        "app port seen on the link"
+    );
     // The TLS record layer is visible: content type 23 (application data), version 0x0303.
-    assert!(capture::contains(&frames, &[0x17, 0x03, 0x03]), "no TLS records on the link");
+    assert!(
+        capture::contains(&frames, &[0x17, 0x03, 0x03]),
+        "no TLS records on the link"
+    );
 }
 
 #[test]
@@ -289,8 +332,12 @@ fn destination_presenting_wrong_identity_is_refused() {
     assert_refused(m.pod("a"), m.pod("c").addr_v4(8080));
     assert_eq!(c_srv.connections(), 0, "the app was reached");
     wait_for("failed connection counted on n1", || {
-        metrics::sample(&m.z1.metrics(), "istio_tcp_connections_failed_total", &[("reporter", "source")])
-            .unwrap_or(0.0)
+        metrics::sample(
+            &m.z1.metrics(),
+            "istio_tcp_connections_failed_total",
+            &[("reporter", "source")],
+        )
+        .unwrap_or(0.0)
             >= 1.0
     });
     // d is fine: the failure is per connection.
@@ -309,7 +356,13 @@ fn peers_of_another_ca_are_refused() {
     assert_refused(m.pod("a"), m.pod("c").addr_v4(8080));
     assert_eq!(c_srv.connections(), 0);
     wait_for("TLS rejection counted on n2", || {
-        metrics::sample(&m.z2.metrics(), "ztunnel_inbound_rejected_total", &[("reason", "tls")]).unwrap_or(0.0) >= 1.0
+        metrics::sample(
+            &m.z2.metrics(),
+            "ztunnel_inbound_rejected_total",
+            &[("reason", "tls")],
+        )
+        .unwrap_or(0.0)
+            >= 1.0
     });
     // Same-node traffic (one CA) is unaffected.
     let _b = EchoServer::start(m.pod("b"), 8080).expect("echo b");
@@ -339,10 +392,16 @@ fn allow_and_deny_policies_and_closing_live_connections() {
         &[("reporter", "destination"), ("response_flags", "DENY")],
     )
     .unwrap_or(0.0);
-    assert!(denied >= 2.0, "denials counted: {denied}\n{}", m.z2.metrics());
+    assert!(
+        denied >= 2.0,
+        "denials counted: {denied}\n{}",
+        m.z2.metrics()
+    );
 
     // Now only b may reach c: the open connection from a must be closed.
-    let allow_b = allow_a.replace("sa/a", "sa/b").replace("c-from-a", "c-from-b");
+    let allow_b = allow_a
+        .replace("sa/a", "sa/b")
+        .replace("c-from-a", "c-from-b");
     m.reconfigure(Opts {
         policies: allow_b,
         ..opts
@@ -352,7 +411,10 @@ fn allow_and_deny_policies_and_closing_live_connections() {
     let mut buf = [0u8; 16];
     let _ = live.write_all(b"are you there?");
     let n = live.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "the live connection kept working after the policy change");
+    assert_eq!(
+        n, 0,
+        "the live connection kept working after the policy change"
+    );
     assert!(closed_at.elapsed() < TIMEOUT);
     echo(m.pod("b"), m.pod("c").addr_v4(8080), b"b now allowed").expect("b -> c after change");
     assert_refused(m.pod("a"), m.pod("c").addr_v4(8080));
@@ -367,15 +429,26 @@ fn strict_mtls_rejects_plaintext() {
     };
     let mut m = Mesh::start(opts.clone());
     let c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
-    echo(m.pod("d"), m.pod("c").addr_v4(8080), b"plaintext, permissive").expect("d -> c permissive");
-    assert_eq!(c_srv.peers().last().map(|p| p.ip()), Some(IpAddr::from(m.pod("d").ipv4)));
+    echo(
+        m.pod("d"),
+        m.pod("c").addr_v4(8080),
+        b"plaintext, permissive",
+    )
+    .expect("d -> c permissive");
+    assert_eq!(
+        c_srv.peers().last().map(|p| p.ip()),
+        Some(IpAddr::from(m.pod("d").ipv4))
+    );
     m.reconfigure(Opts {
         peer_authentications: "  - {name: strict, namespace: default, mode: STRICT}\n".into(),
         ..opts
     });
     assert_refused(m.pod("d"), m.pod("c").addr_v4(8080));
-    let rejected =
-        metrics::sample(&m.z2.metrics(), "ztunnel_inbound_rejected_total", &[("reason", "strict_mtls")]);
+    let rejected = metrics::sample(
+        &m.z2.metrics(),
+        "ztunnel_inbound_rejected_total",
+        &[("reason", "strict_mtls")],
+    );
     assert!(rejected.unwrap_or(0.0) >= 1.0, "{}", m.z2.metrics());
     echo(m.pod("a"), m.pod("c").addr_v4(8080), b"mtls still fine").expect("a -> c under STRICT");
 }
@@ -387,7 +460,10 @@ fn metrics_count_connections_and_bytes() {
     const N: usize = 5;
     const BYTES: u64 = 10_000;
     for _ in 0..N {
-        let s = m.pod("a").connect(m.pod("c").addr_v4(8080), TIMEOUT).expect("connect");
+        let s = m
+            .pod("a")
+            .connect(m.pod("c").addr_v4(8080), TIMEOUT)
+            .expect("connect");
         let t = app::transfer(&s, BYTES).expect("transfer");
         assert!(t.ok(), "{t:?}");
     }
@@ -398,12 +474,25 @@ fn metrics_count_connections_and_bytes() {
         ("connection_security_policy", "mutual_tls"),
     ];
     wait_for("all connections closed on n2", || {
-        metrics::sample(&m.z2.metrics(), "istio_tcp_connections_closed_total", &labels_dst) == Some(N as f64)
+        metrics::sample(
+            &m.z2.metrics(),
+            "istio_tcp_connections_closed_total",
+            &labels_dst,
+        ) == Some(N as f64)
     });
     let text = m.z2.metrics();
-    assert_eq!(metrics::sample(&text, "istio_tcp_connections_opened_total", &labels_dst), Some(N as f64));
-    assert_eq!(metrics::sample(&text, "istio_tcp_received_bytes_total", &labels_dst), Some((N as u64 * BYTES) as f64));
-    assert_eq!(metrics::sample(&text, "istio_tcp_sent_bytes_total", &labels_dst), Some((N as u64 * BYTES) as f64));
+    assert_eq!(
+        metrics::sample(&text, "istio_tcp_connections_opened_total", &labels_dst),
+        Some(N as f64)
+    );
+    assert_eq!(
+        metrics::sample(&text, "istio_tcp_received_bytes_total", &labels_dst),
+        Some((N as u64 * BYTES) as f64)
+    );
+    assert_eq!(
+        metrics::sample(&text, "istio_tcp_sent_bytes_total", &labels_dst),
+        Some((N as u64 * BYTES) as f64)
+    );
     let labels_src = [
         ("reporter", "source"),
         ("source_workload", "a"),
@@ -411,11 +500,21 @@ fn metrics_count_connections_and_bytes() {
         ("connection_security_policy", "mutual_tls"),
     ];
     wait_for("all connections closed on n1", || {
-        metrics::sample(&m.z1.metrics(), "istio_tcp_connections_closed_total", &labels_src) == Some(N as f64)
+        metrics::sample(
+            &m.z1.metrics(),
+            "istio_tcp_connections_closed_total",
+            &labels_src,
+        ) == Some(N as f64)
     });
     let text = m.z1.metrics();
-    assert_eq!(metrics::sample(&text, "istio_tcp_connections_opened_total", &labels_src), Some(N as f64));
-    assert_eq!(metrics::sample(&text, "istio_tcp_sent_bytes_total", &labels_src), Some((N as u64 * BYTES) as f64));
+    assert_eq!(
+        metrics::sample(&text, "istio_tcp_connections_opened_total", &labels_src),
+        Some(N as f64)
+    );
+    assert_eq!(
+        metrics::sample(&text, "istio_tcp_sent_bytes_total", &labels_src),
+        Some((N as u64 * BYTES) as f64)
+    );
     assert!(
         metrics::sample(&text, "ztunnel_hbone_pool_connections", &[]).unwrap_or(0.0) >= 1.0,
         "pool gauge: {text}"
@@ -431,11 +530,20 @@ fn reload_with_a_bad_file_keeps_the_last_good_state() {
     let path = config_path(m.dir.path(), 1);
     let good = std::fs::read_to_string(&path).expect("read");
     std::fs::write(&path, format!("{good}bogusField: 1\nworkloads2: []\n")).expect("write bad");
-    wait_for("rejection logged", || m.z1.log().contains("configuration rejected"));
+    wait_for("rejection logged", || {
+        m.z1.log().contains("configuration rejected")
+    });
     let log = m.z1.log();
-    assert!(log.contains("bogusField") && log.contains("workloads2"), "all errors listed: {log}");
-    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"old state serves").expect("a -> c after bad reload");
-    assert_eq!(m.z1.admin_get("/config_dump").expect("config_dump").1, before.1);
+    assert!(
+        log.contains("bogusField") && log.contains("workloads2"),
+        "all errors listed: {log}"
+    );
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"old state serves")
+        .expect("a -> c after bad reload");
+    assert_eq!(
+        m.z1.admin_get("/config_dump").expect("config_dump").1,
+        before.1
+    );
     // A good file after the bad one applies.
     let deny_all = "  - {name: deny-all, namespace: default, selector: {app: c}, action: ALLOW}\n";
     m.reconfigure(Opts {
@@ -456,17 +564,25 @@ fn certificate_renewal_keeps_long_lived_connections() {
     let serials = |z: &Ztunnel| {
         let dump = z.admin_get("/config_dump").expect("config_dump").1;
         let v: serde_json::Value = serde_json::from_str(&dump).expect("json");
-        v["certificates"].as_array().map(|a| a.iter().map(|c| c["serial"].to_string()).collect::<Vec<_>>()).unwrap_or_default()
+        v["certificates"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| c["serial"].to_string())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
     };
     let first = serials(&m.z1);
     assert!(!first.is_empty());
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(6) {
-        app::roundtrip(&mut s, b"still here").expect("long-lived connection broke during renewal");
+        ping(&mut s, b"still here").expect("long-lived connection broke during renewal");
         std::thread::sleep(Duration::from_millis(250));
     }
     assert_ne!(serials(&m.z1), first, "certificates were not renewed");
-    let renewals = metrics::sample(&m.z1.metrics(), "ztunnel_certificate_renewals_total", &[]).unwrap_or(0.0);
+    let renewals =
+        metrics::sample(&m.z1.metrics(), "ztunnel_certificate_renewals_total", &[]).unwrap_or(0.0);
     assert!(renewals >= 1.0, "renewals: {renewals}");
     // New connections use the renewed certificates.
     echo(m.pod("a"), m.pod("c").addr_v4(8080), b"after renewal").expect("new connection");
@@ -481,9 +597,14 @@ fn unknown_destination_is_passed_through() {
     });
     let d_srv = EchoServer::start(m.pod("d"), 7000).expect("echo d");
     echo(m.pod("a"), m.pod("d").addr_v4(7000), b"plain tcp").expect("a -> unknown d");
-    assert_eq!(d_srv.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(), vec![IpAddr::from(m.pod("a").ipv4)]);
+    assert_eq!(
+        d_srv.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
+        vec![IpAddr::from(m.pod("a").ipv4)]
+    );
     wait_for("passthrough logged", || {
-        access_lines(&m.z1.log(), "outbound").iter().any(|l| l.contains("plaintext"))
+        access_lines(&m.z1.log(), "outbound")
+            .iter()
+            .any(|l| l.contains("plaintext"))
     });
 }
 
@@ -491,7 +612,10 @@ fn unknown_destination_is_passed_through() {
 fn one_gibibyte_arrives_byte_exact() {
     let m = Mesh::start(Opts::default());
     let sink = SinkServer::start(m.pod("c"), 8080).expect("sink c");
-    let mut s = m.pod("a").connect(m.pod("c").addr_v4(8080), TIMEOUT).expect("connect");
+    let mut s = m
+        .pod("a")
+        .connect(m.pod("c").addr_v4(8080), TIMEOUT)
+        .expect("connect");
     const GIB: u64 = 1 << 30;
     let start = Instant::now();
     let sent = app::send_pattern(&mut s, GIB).expect("send");
@@ -499,7 +623,10 @@ fn one_gibibyte_arrives_byte_exact() {
     assert_eq!(sent, GIB);
     let got = sink.wait_received(1, Duration::from_secs(300));
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("1 GiB through HBONE in {secs:.1}s ({:.2} Gbit/s, debug build)", 8.0 / secs);
+    eprintln!(
+        "1 GiB through HBONE in {secs:.1}s ({:.2} Gbit/s, debug build)",
+        8.0 / secs
+    );
     assert_eq!(got.len(), 1, "sink saw {got:?}");
     assert_eq!(got[0].bytes, GIB);
     assert!(got[0].intact && got[0].complete, "{:?}", got[0]);
@@ -512,7 +639,7 @@ fn sigterm_drains_open_connections() {
     let mut s = echo(m.pod("a"), m.pod("b").addr_v4(8080), b"before").expect("a -> b");
     m.z1.sigterm().expect("sigterm");
     std::thread::sleep(Duration::from_millis(300));
-    app::roundtrip(&mut s, b"during drain").expect("open connection survives the start of the drain");
+    ping(&mut s, b"during drain").expect("open connection survives the start of the drain");
     let ready = mesh_tests::http::request(
         &m.topo.node(1).netns_path,
         SocketAddr::from(([127, 0, 0, 1], mesh_tests::daemon::READY_PORT)),
@@ -524,6 +651,8 @@ fn sigterm_drains_open_connections() {
     .unwrap_or(0);
     assert_ne!(ready, 200, "still ready while draining");
     drop(s);
-    let status = m.z1.wait_exit(Duration::from_secs(8)).expect("ztunnel exits after the drain");
+    let status =
+        m.z1.wait_exit(Duration::from_secs(8))
+            .expect("ztunnel exits after the drain");
     assert!(status.success(), "exit status {status:?}\n{}", m.z1.log());
 }

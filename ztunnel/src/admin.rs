@@ -124,7 +124,10 @@ impl Admin {
                 .map(str::to_string)
         });
         match level {
-            None => text(StatusCode::OK, format!("current log level: {}\n", self.log.current())),
+            None => text(
+                StatusCode::OK,
+                format!("current log level: {}\n", self.log.current()),
+            ),
             Some(level) => match self.log.set(&level) {
                 Ok(()) => {
                     tracing::info!(%level, "log level changed");

@@ -32,7 +32,11 @@ pub async fn run(config_path: &Path, node: &str) -> anyhow::Result<()> {
     tracing::info!(node, config = %config_path.display(), "starting ztunnel");
 
     let ca = match &config.ca {
-        Some(files) => Ca::load_or_create(Some(&files.root_cert), Some(&files.root_key), &config.state_dir),
+        Some(files) => Ca::load_or_create(
+            Some(&files.root_cert),
+            Some(&files.root_key),
+            &config.state_dir,
+        ),
         None => Ca::load_or_create(None, None, &config.state_dir),
     }
     .context("loading the CA")?;
@@ -87,9 +91,21 @@ pub async fn run(config_path: &Path, node: &str) -> anyhow::Result<()> {
             .with_context(|| format!("binding {addr}"))
     };
     let l = &config.listeners;
-    tokio::spawn(admin.clone().serve_admin(bind(l.admin).await?, endpoints_stop.clone()));
-    tokio::spawn(admin.clone().serve_metrics(bind(l.metrics).await?, endpoints_stop.clone()));
-    tokio::spawn(admin.clone().serve_readiness(bind(l.readiness).await?, endpoints_stop.clone()));
+    tokio::spawn(
+        admin
+            .clone()
+            .serve_admin(bind(l.admin).await?, endpoints_stop.clone()),
+    );
+    tokio::spawn(
+        admin
+            .clone()
+            .serve_metrics(bind(l.metrics).await?, endpoints_stop.clone()),
+    );
+    tokio::spawn(
+        admin
+            .clone()
+            .serve_readiness(bind(l.readiness).await?, endpoints_stop.clone()),
+    );
 
     let initial = registry.reconcile(&store.load()).await;
     if initial.is_empty() {
@@ -149,8 +165,14 @@ async fn drain(ctx: &Context, admin: &Admin, registry: &Registry) {
     ctx.draining.cancel();
     ctx.tasks.close();
     let deadline = ctx.config.drain_timeout;
-    if tokio::time::timeout(deadline, ctx.tasks.wait()).await.is_err() {
-        tracing::warn!(remaining = ctx.tasks.len(), "drain deadline passed; closing remaining connections");
+    if tokio::time::timeout(deadline, ctx.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = ctx.tasks.len(),
+            "drain deadline passed; closing remaining connections"
+        );
     }
     ctx.stopped.cancel();
     registry.stop_all().await;

@@ -71,7 +71,9 @@ impl Summary<'_> {
         let error = match outcome {
             Outcome::Done => None,
             Outcome::Io(e) => Some(e.to_string()),
-            Outcome::Cancelled => Some("closed by ztunnel (policy change, pod removed or drain)".to_string()),
+            Outcome::Cancelled => {
+                Some("closed by ztunnel (policy change, pod removed or drain)".to_string())
+            }
         };
         tracing::info!(
             target: "access",

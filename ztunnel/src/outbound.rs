@@ -34,9 +34,13 @@ pub struct PoolKey {
 static NEXT_ENDPOINT: AtomicUsize = AtomicUsize::new(0);
 
 pub async fn serve(ctx: Arc<Context>, pod: Arc<Pod>, listener: TcpListener) {
-    crate::pod::accept_loop(&ctx, &pod, listener, "outbound", |ctx, pod, stream, peer| {
-        handle(ctx, pod, stream, peer)
-    })
+    crate::pod::accept_loop(
+        &ctx,
+        &pod,
+        listener,
+        "outbound",
+        |ctx, pod, stream, peer| handle(ctx, pod, stream, peer),
+    )
     .await
 }
 
@@ -52,7 +56,9 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
             return;
         }
     };
-    let route = route::resolve(&snap, orig, |n| NEXT_ENDPOINT.fetch_add(1, Ordering::Relaxed) % n);
+    let route = route::resolve(&snap, orig, |n| {
+        NEXT_ENDPOINT.fetch_add(1, Ordering::Relaxed) % n
+    });
     let route = match route {
         Ok(r) => r,
         Err(e) => {
@@ -65,7 +71,8 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
                 None,
                 false,
             );
-            ctx.metrics.connection_failed(labels, ResponseFlags::Connect);
+            ctx.metrics
+                .connection_failed(labels, ResponseFlags::Connect);
             tracing::info!(target: "access", direction = "outbound", src.addr = %peer, src.workload = %pod.uid, dst.addr = %orig, error = %e, "connection failed");
             return;
         }
@@ -96,17 +103,16 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
         mtls,
     );
     let connected = match &route {
-        Route::Hbone { workload, .. } => {
-            tunnel::open(&ctx, &pod, peer, workload, target)
-                .await
-                .map(Upstream::Tunnel)
-        }
+        Route::Hbone { workload, .. } => tunnel::open(&ctx, &pod, peer, workload, target)
+            .await
+            .map(Upstream::Tunnel),
         Route::Passthrough { .. } => passthrough(&ctx, &pod, target).await.map(Upstream::Tcp),
     };
     let mut upstream = match connected {
         Ok(u) => u,
         Err(err) => {
-            ctx.metrics.connection_failed(labels.clone(), err.response_flags());
+            ctx.metrics
+                .connection_failed(labels.clone(), err.response_flags());
             tracing::info!(target: "access", direction = "outbound", src.addr = %peer, src.workload = %pod.uid, src.identity = %pod.identity, dst.addr = %target, dst.identity = dst_identity.as_ref().map(|i| i.to_string()), error = %err, "connection failed");
             return;
         }
@@ -157,8 +163,20 @@ async fn passthrough(ctx: &Context, pod: &Pod, target: SocketAddr) -> Result<Tcp
         .map_err(|e| Error::new(Kind::Connect, Fault::Internal, e))?;
     let stream = tokio::time::timeout(ctx.config.connect_timeout, sock.connect(target))
         .await
-        .map_err(|_| Error::new(Kind::Connect, Fault::Upstream, format!("connect to {target} timed out")))?
-        .map_err(|e| Error::new(Kind::Connect, Fault::Upstream, format!("connect to {target}: {e}")))?;
+        .map_err(|_| {
+            Error::new(
+                Kind::Connect,
+                Fault::Upstream,
+                format!("connect to {target} timed out"),
+            )
+        })?
+        .map_err(|e| {
+            Error::new(
+                Kind::Connect,
+                Fault::Upstream,
+                format!("connect to {target}: {e}"),
+            )
+        })?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }

@@ -29,7 +29,12 @@ pub fn init(format: LogFormat) -> LogControl {
     // A second init (tests starting several apps) keeps the first subscriber; that is fine.
     let _ = match format {
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(false))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false),
+            )
             .try_init(),
         LogFormat::Text => registry.with(fmt::layer().with_ansi(false)).try_init(),
     };

@@ -12,7 +12,11 @@ fn check_accepts_the_example() {
         .args(["check", "--config", example])
         .output()
         .expect("run ztunnel check");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
 }
 
@@ -32,7 +36,13 @@ fn check_lists_every_error_and_fails() {
         .expect("run ztunnel check");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    for path in ["trustDomain", "listeners.hbone", "workloads[0].name", "workloads[0].ips", "workloads[0].node"] {
+    for path in [
+        "trustDomain",
+        "listeners.hbone",
+        "workloads[0].name",
+        "workloads[0].ips",
+        "workloads[0].node",
+    ] {
         assert!(err.contains(path), "missing {path} in: {err}");
     }
 }

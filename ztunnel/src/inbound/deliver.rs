@@ -28,11 +28,29 @@ pub async fn connect(
         .netns
         .socket(target, mark, transparent)
         .await
-        .map_err(|e| Error::new(Kind::Connect, Fault::Internal, format!("socket for {target}: {e}")))?;
+        .map_err(|e| {
+            Error::new(
+                Kind::Connect,
+                Fault::Internal,
+                format!("socket for {target}: {e}"),
+            )
+        })?;
     let stream = tokio::time::timeout(ctx.config.connect_timeout, sock.connect(target))
         .await
-        .map_err(|_| Error::new(Kind::Connect, Fault::Upstream, format!("connect to app {target} timed out")))?
-        .map_err(|e| Error::new(Kind::Connect, Fault::Upstream, format!("connect to app {target}: {e}")))?;
+        .map_err(|_| {
+            Error::new(
+                Kind::Connect,
+                Fault::Upstream,
+                format!("connect to app {target} timed out"),
+            )
+        })?
+        .map_err(|e| {
+            Error::new(
+                Kind::Connect,
+                Fault::Upstream,
+                format!("connect to app {target}: {e}"),
+            )
+        })?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }

@@ -27,9 +27,13 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    crate::pod::accept_loop(&ctx, &pod, listener, "inbound-hbone", move |ctx, pod, s, peer| {
-        handle(ctx, pod, s, peer, acceptor.clone())
-    })
+    crate::pod::accept_loop(
+        &ctx,
+        &pod,
+        listener,
+        "inbound-hbone",
+        move |ctx, pod, s, peer| handle(ctx, pod, s, peer, acceptor.clone()),
+    )
     .await
 }
 
@@ -126,7 +130,8 @@ async fn tunnel(
     );
     if let Err(err) = super::authorize(&snap, &workload, Some(&peer_id), peer, target.port()) {
         ctx.metrics.inc_inbound_rejected(RejectReason::Policy);
-        ctx.metrics.connection_failed(labels.clone(), err.response_flags());
+        ctx.metrics
+            .connection_failed(labels.clone(), err.response_flags());
         summary.failed(&err);
         let _ = incoming.reject(401);
         return;
@@ -135,7 +140,8 @@ async fn tunnel(
     let mut upstream = match deliver::connect(&ctx, &pod, target, peer.ip()).await {
         Ok(s) => s,
         Err(err) => {
-            ctx.metrics.connection_failed(labels.clone(), err.response_flags());
+            ctx.metrics
+                .connection_failed(labels.clone(), err.response_flags());
             summary.failed(&err);
             let _ = incoming.reject(503);
             return;
@@ -145,7 +151,8 @@ async fn tunnel(
         Ok(s) => s,
         Err(e) => {
             let err = Error::new(Kind::Hbone, Fault::Downstream, e);
-            ctx.metrics.connection_failed(labels.clone(), err.response_flags());
+            ctx.metrics
+                .connection_failed(labels.clone(), err.response_flags());
             summary.failed(&err);
             return;
         }

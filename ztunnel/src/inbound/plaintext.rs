@@ -54,13 +54,25 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
     let ports = &ctx.config.listeners;
     let checked = if [ports.outbound, ports.inbound_plaintext, ports.hbone].contains(&orig.port()) {
         // Not redirected: a client dialled a ztunnel port directly. Delivering would loop.
-        ctx.metrics.inc_inbound_rejected(RejectReason::PlaintextOnHbone);
-        Err(Error::new(Kind::OriginalDst, Fault::Downstream, format!("{orig} is a ztunnel port")))
-    } else if peer_authn::mode_for(&snap.peer_authentications, &workload, &ctx.config.root_namespace)
-        == MtlsMode::Strict
+        ctx.metrics
+            .inc_inbound_rejected(RejectReason::PlaintextOnHbone);
+        Err(Error::new(
+            Kind::OriginalDst,
+            Fault::Downstream,
+            format!("{orig} is a ztunnel port"),
+        ))
+    } else if peer_authn::mode_for(
+        &snap.peer_authentications,
+        &workload,
+        &ctx.config.root_namespace,
+    ) == MtlsMode::Strict
     {
         ctx.metrics.inc_inbound_rejected(RejectReason::StrictMtls);
-        Err(Error::new(Kind::StrictMtls, Fault::Policy, "plaintext refused: STRICT mTLS in force"))
+        Err(Error::new(
+            Kind::StrictMtls,
+            Fault::Policy,
+            "plaintext refused: STRICT mTLS in force",
+        ))
     } else {
         super::authorize(&snap, &workload, None, peer, orig.port()).inspect_err(|_| {
             ctx.metrics.inc_inbound_rejected(RejectReason::Policy);
@@ -73,16 +85,17 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
     let mut upstream = match connected {
         Ok(s) => s,
         Err(err) => {
-            ctx.metrics.connection_failed(labels.clone(), err.response_flags());
+            ctx.metrics
+                .connection_failed(labels.clone(), err.response_flags());
             summary.failed(&err);
             return;
         }
     };
     drop(snap);
     let cancel = pod.cancel.child_token();
-    let _registration = ctx
-        .tracker
-        .register(pod.uid.clone(), None, peer, orig.port(), cancel.clone());
+    let _registration =
+        ctx.tracker
+            .register(pod.uid.clone(), None, peer, orig.port(), cancel.clone());
     let guard = ctx.metrics.connection(labels);
     let (outcome, moved) = copy::bidirectional(&mut downstream, &mut upstream, &cancel).await;
     summary.finished(guard, outcome, moved);

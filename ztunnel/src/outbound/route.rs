@@ -67,7 +67,11 @@ pub fn resolve(
     })
 }
 
-fn to_workload(workload: Arc<Workload>, target: SocketAddr, service: Option<Arc<Service>>) -> Route {
+fn to_workload(
+    workload: Arc<Workload>,
+    target: SocketAddr,
+    service: Option<Arc<Service>>,
+) -> Route {
     match workload.protocol {
         Protocol::Hbone => Route::Hbone {
             workload,
@@ -136,14 +140,20 @@ mod tests {
     fn vip_maps_port_and_picks_endpoint() {
         let s = snap();
         let dst = "10.96.0.1:80".parse().unwrap();
-        for (i, want) in [(0, "10.0.0.1:8080"), (1, "10.0.0.2:8080"), (2, "10.0.0.1:8080")] {
+        for (i, want) in [
+            (0, "10.0.0.1:8080"),
+            (1, "10.0.0.2:8080"),
+            (2, "10.0.0.1:8080"),
+        ] {
             match resolve(&s, dst, |n| {
                 assert_eq!(n, 2);
                 i
             })
             .unwrap()
             {
-                Route::Hbone { target, service, .. } => {
+                Route::Hbone {
+                    target, service, ..
+                } => {
                     assert_eq!(target, want.parse().unwrap());
                     assert!(service.is_some());
                 }
@@ -174,7 +184,10 @@ mod tests {
         ));
         assert!(matches!(
             resolve(&s, "10.0.0.3:5432".parse().unwrap(), |_| 0).unwrap(),
-            Route::Passthrough { workload: Some(_), .. }
+            Route::Passthrough {
+                workload: Some(_),
+                ..
+            }
         ));
         assert!(matches!(
             resolve(&s, "192.0.2.1:443".parse().unwrap(), |_| 0).unwrap(),

@@ -44,11 +44,23 @@ pub async fn open(
             async move { connect_tls(&ctx, &pod, peer, dst_id).await }
         })
         .await
-        .map_err(|e| Error::new(Kind::Hbone, Fault::Upstream, format!("tunnel to {peer}: {e}")))?;
+        .map_err(|e| {
+            Error::new(
+                Kind::Hbone,
+                Fault::Upstream,
+                format!("tunnel to {peer}: {e}"),
+            )
+        })?;
     client_conn
         .connect(target, hbone::headers::outbound(client))
         .await
-        .map_err(|e| Error::new(Kind::Hbone, Fault::Upstream, format!("CONNECT {target} via {peer}: {e}")))
+        .map_err(|e| {
+            Error::new(
+                Kind::Hbone,
+                Fault::Upstream,
+                format!("CONNECT {target} via {peer}: {e}"),
+            )
+        })
 }
 
 async fn connect_tls(

@@ -110,9 +110,7 @@ mod tests {
         let (mut client, mut down) = tokio::io::duplex(1024);
         let (mut up, mut server) = tokio::io::duplex(1024);
         let cancel = CancellationToken::new();
-        let proxy = tokio::spawn(async move {
-            bidirectional(&mut down, &mut up, &cancel).await
-        });
+        let proxy = tokio::spawn(async move { bidirectional(&mut down, &mut up, &cancel).await });
         client.write_all(b"hello").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -125,7 +123,13 @@ mod tests {
         assert_eq!(back, b"world!");
         let (outcome, t) = proxy.await.unwrap();
         assert!(matches!(outcome, Outcome::Done));
-        assert_eq!(t, Transferred { received: 5, sent: 6 });
+        assert_eq!(
+            t,
+            Transferred {
+                received: 5,
+                sent: 6
+            }
+        );
     }
 
     #[tokio::test]

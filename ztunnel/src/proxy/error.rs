@@ -76,7 +76,11 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} ({:?} fault): {}", self.kind, self.fault, self.reason)
+        write!(
+            f,
+            "{:?} ({:?} fault): {}",
+            self.kind, self.fault, self.reason
+        )
     }
 }
 

@@ -85,15 +85,24 @@ mod tests {
         let w = workload("default", "echo");
         assert_eq!(mode_for(&[], &w, "istio-system"), MtlsMode::Permissive);
         let mesh = pa("istio-system", None, MtlsMode::Strict);
-        assert_eq!(mode_for(&[mesh.clone()], &w, "istio-system"), MtlsMode::Strict);
+        assert_eq!(
+            mode_for(&[mesh.clone()], &w, "istio-system"),
+            MtlsMode::Strict
+        );
         let ns = pa("default", None, MtlsMode::Permissive);
         assert_eq!(
             mode_for(&[mesh.clone(), ns.clone()], &w, "istio-system"),
             MtlsMode::Permissive
         );
         let sel = pa("default", Some(("app", "echo")), MtlsMode::Strict);
-        assert_eq!(mode_for(&[mesh, ns, sel.clone()], &w, "istio-system"), MtlsMode::Strict);
+        assert_eq!(
+            mode_for(&[mesh, ns, sel.clone()], &w, "istio-system"),
+            MtlsMode::Strict
+        );
         let other = workload("default", "other");
-        assert_eq!(mode_for(&[sel], &other, "istio-system"), MtlsMode::Permissive);
+        assert_eq!(
+            mode_for(&[sel], &other, "istio-system"),
+            MtlsMode::Permissive
+        );
     }
 }
