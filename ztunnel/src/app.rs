@@ -110,7 +110,7 @@ pub async fn run(config_path: &Path, node: &str) -> anyhow::Result<()> {
     let initial = registry.reconcile(&store.load()).await;
     if initial.is_empty() {
         admin.ready.store(true, Ordering::Release);
-        let pods = registry.len().await;
+        let pods = registry.running().await;
         tracing::info!(pods, "ready");
     }
     tokio::spawn(reload::watch(
@@ -148,7 +148,7 @@ async fn react(ctx: Arc<Context>, registry: Arc<Registry>, admin: Arc<Admin>) {
         let snap = ctx.store.load();
         let failed = registry.reconcile(&snap).await;
         if failed.is_empty() && !admin.ready.swap(true, Ordering::AcqRel) {
-            let pods = registry.len().await;
+            let pods = registry.running().await;
             tracing::info!(pods, "ready");
         }
         let closed = ctx.tracker.recheck(&snap, &ctx.config.root_namespace);

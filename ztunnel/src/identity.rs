@@ -67,7 +67,6 @@ impl FromStr for Identity {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

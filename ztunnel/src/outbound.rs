@@ -34,14 +34,7 @@ pub struct PoolKey {
 static NEXT_ENDPOINT: AtomicUsize = AtomicUsize::new(0);
 
 pub async fn serve(ctx: Arc<Context>, pod: Arc<Pod>, listener: TcpListener) {
-    crate::pod::accept_loop(
-        &ctx,
-        &pod,
-        listener,
-        "outbound",
-        |ctx, pod, stream, peer| handle(ctx, pod, stream, peer),
-    )
-    .await
+    crate::pod::accept_loop(&ctx, &pod, listener, "outbound", handle).await
 }
 
 async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, peer: SocketAddr) {

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::errors::FieldError;
 
+#[derive(Default)]
 pub struct Reader {
     pub errors: Vec<FieldError>,
 }

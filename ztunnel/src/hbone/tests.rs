@@ -1,7 +1,5 @@
 //! Loopback tests of the HBONE layer: real h2 over TCP, no TLS.
 
-#![allow(clippy::unwrap_used)]
-
 use std::future::{pending, Future};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

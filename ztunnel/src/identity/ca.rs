@@ -276,7 +276,6 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

@@ -264,7 +264,6 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

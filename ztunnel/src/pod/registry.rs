@@ -120,7 +120,8 @@ impl Registry {
         errors
     }
 
-    pub async fn len(&self) -> usize {
+    /// Number of enrolled pods running.
+    pub async fn running(&self) -> usize {
         self.running.lock().await.len()
     }
 

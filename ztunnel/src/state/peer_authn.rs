@@ -86,7 +86,7 @@ mod tests {
         assert_eq!(mode_for(&[], &w, "istio-system"), MtlsMode::Permissive);
         let mesh = pa("istio-system", None, MtlsMode::Strict);
         assert_eq!(
-            mode_for(&[mesh.clone()], &w, "istio-system"),
+            mode_for(std::slice::from_ref(&mesh), &w, "istio-system"),
             MtlsMode::Strict
         );
         let ns = pa("default", None, MtlsMode::Permissive);
