@@ -96,9 +96,11 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
         mtls,
     );
     let connected = match &route {
-        Route::Hbone { workload, .. } => tunnel::open(&ctx, &pod, peer, workload, target)
-            .await
-            .map(Upstream::Tunnel),
+        Route::Hbone { workload, .. } => {
+            tunnel::open(&ctx, &pod, peer, src.as_deref(), workload, target)
+                .await
+                .map(Upstream::Tunnel)
+        }
         Route::Passthrough { .. } => passthrough(&ctx, &pod, target).await.map(Upstream::Tcp),
     };
     let mut upstream = match connected {

@@ -1,6 +1,6 @@
 //! Request headers ztunnel attaches to outbound CONNECTs.
 //!
-//! Istio's ztunnel sends `forwarded` (RFC 7239, `for=` the original client IP), a fresh W3C
+//! Istio's ztunnel sends `forwarded` (RFC 7239, `for=` the original client address), a fresh W3C
 //! `traceparent` per connection and a `baggage` header describing the source workload. Baggage
 //! needs workload metadata this layer does not have, so the outbound proxy adds it itself.
 
@@ -19,12 +19,10 @@ pub fn outbound(client_addr: SocketAddr) -> HeaderMap {
     headers
 }
 
-/// RFC 7239 `for=` node: only the IP, as Istio sends it; IPv6 must be quoted and bracketed.
+/// RFC 7239 `for=` node with its port, as Istio's ztunnel sends it (`for="10.0.0.1:41000"`,
+/// `for="[fd00::1]:41000"`); a node with a port must be quoted.
 pub fn forwarded(client_addr: SocketAddr) -> HeaderValue {
-    let value = match client_addr {
-        SocketAddr::V4(a) => format!("for={}", a.ip()),
-        SocketAddr::V6(a) => format!("for=\"[{}]\"", a.ip()),
-    };
+    let value = format!("for=\"{client_addr}\"");
     HeaderValue::from_str(&value).expect("an IP address is always a valid header value")
 }
 
@@ -44,6 +42,9 @@ pub fn forwarded_for(headers: &HeaderMap) -> Option<std::net::IpAddr> {
         .map(str::trim)
         .find_map(|kv| kv.strip_prefix("for=").or_else(|| kv.strip_prefix("For=")))?;
     let node = node.trim_matches('"');
+    if let Ok(addr) = node.parse::<SocketAddr>() {
+        return Some(addr.ip());
+    }
     let node = node
         .strip_prefix('[')
         .and_then(|n| n.split(']').next())

@@ -111,7 +111,7 @@ async fn echo_through_tunnel_carries_authority_and_headers() {
 
     let (authority, headers) = seen_rx.recv().await.unwrap();
     assert_eq!(authority, target);
-    assert_eq!(headers.get("forwarded").unwrap(), "for=10.1.2.3");
+    assert_eq!(headers.get("forwarded").unwrap(), "for=\"10.1.2.3:4567\"");
     let tp = headers.get("traceparent").unwrap().to_str().unwrap();
     assert_eq!(tp.len(), 55, "{tp}");
     assert!(tp.starts_with("00-") && tp.ends_with("-01"), "{tp}");
@@ -608,13 +608,20 @@ async fn pool_shares_a_failed_attempt_then_retries() {
 #[test]
 fn outbound_headers_follow_istio_format() {
     let v4 = headers::outbound("10.0.0.9:1234".parse().unwrap());
-    assert_eq!(v4.get("forwarded").unwrap(), "for=10.0.0.9");
+    assert_eq!(v4.get("forwarded").unwrap(), "for=\"10.0.0.9:1234\"");
     assert_eq!(
         headers::forwarded_for(&v4),
         Some("10.0.0.9".parse().unwrap())
     );
+    // Istio's older form without a port is understood too.
+    let mut bare = http::HeaderMap::new();
+    bare.insert("forwarded", "for=10.0.0.7".parse().unwrap());
+    assert_eq!(
+        headers::forwarded_for(&bare),
+        Some("10.0.0.7".parse().unwrap())
+    );
     let v6 = headers::outbound("[fd00::9]:1234".parse().unwrap());
-    assert_eq!(v6.get("forwarded").unwrap(), "for=\"[fd00::9]\"");
+    assert_eq!(v6.get("forwarded").unwrap(), "for=\"[fd00::9]:1234\"");
     assert_eq!(
         headers::forwarded_for(&v6),
         Some("fd00::9".parse().unwrap())

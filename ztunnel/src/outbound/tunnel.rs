@@ -3,10 +3,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http::HeaderValue;
 use rustls_pki_types::ServerName;
 
 use super::PoolKey;
 use crate::hbone;
+use crate::metrics::labels::{canonical_revision, canonical_service};
 use crate::pod::Pod;
 use crate::proxy::{Context, Error, Fault, Kind};
 use crate::state::Workload;
@@ -16,6 +18,7 @@ pub async fn open(
     ctx: &Arc<Context>,
     pod: &Arc<Pod>,
     client: SocketAddr,
+    src: Option<&Workload>,
     dst: &Arc<Workload>,
     target: SocketAddr,
 ) -> Result<hbone::Stream, Error> {
@@ -51,16 +54,17 @@ pub async fn open(
                 format!("tunnel to {peer}: {e}"),
             )
         })?;
-    client_conn
-        .connect(target, hbone::headers::outbound(client))
-        .await
-        .map_err(|e| {
-            Error::new(
-                Kind::Hbone,
-                Fault::Upstream,
-                format!("CONNECT {target} via {peer}: {e}"),
-            )
-        })
+    let mut headers = hbone::headers::outbound(client);
+    if let Some(value) = src.and_then(|w| HeaderValue::from_str(&baggage(w)).ok()) {
+        headers.insert(hbone::headers::BAGGAGE, value);
+    }
+    client_conn.connect(target, headers).await.map_err(|e| {
+        Error::new(
+            Kind::Hbone,
+            Fault::Upstream,
+            format!("CONNECT {target} via {peer}: {e}"),
+        )
+    })
 }
 
 async fn connect_tls(
@@ -92,4 +96,16 @@ async fn connect_tls(
         .connect(ServerName::IpAddress(peer.ip().into()), tcp)
         .await
         .map_err(io_err)
+}
+
+/// Source metadata in the form Istio's ztunnel sends, so the destination (or a waypoint) can
+/// label telemetry without looking the client up. Pods are the workload kind we know of.
+fn baggage(w: &Workload) -> String {
+    format!(
+        "k8s.cluster.name=Kubernetes,k8s.namespace.name={},k8s.pod.name={},service.name={},service.version={}",
+        w.namespace,
+        w.name,
+        canonical_service(w),
+        canonical_revision(w)
+    )
 }
