@@ -32,6 +32,8 @@ struct Opts {
     /// Each node keeps its own state directory (so each builds its own CA).
     separate_ca: bool,
     drain_timeout: &'static str,
+    /// Raw YAML lines added to the node settings.
+    settings: String,
 }
 
 impl Default for Opts {
@@ -44,6 +46,7 @@ impl Default for Opts {
             ttl: "24h",
             separate_ca: false,
             drain_timeout: "5s",
+            settings: String::new(),
         }
     }
 }
@@ -67,11 +70,13 @@ fn render(topo: &Topology, dir: &Path, node: u8, o: &Opts) -> String {
         dir.join("state")
     };
     let mut y = format!(
-        "trustDomain: {TD}\nstateDir: {}\ncertificateTtl: {}\ndrainTimeout: {}\nworkloads:\n",
+        "trustDomain: {TD}\nstateDir: {}\ncertificateTtl: {}\ndrainTimeout: {}\n",
         state.display(),
         o.ttl,
         o.drain_timeout
     );
+    y.push_str(&o.settings);
+    y.push_str("workloads:\n");
     for (name, enrolled) in &o.workloads {
         let p = topo.pod(name);
         let sa = o
@@ -655,4 +660,169 @@ fn sigterm_drains_open_connections() {
         m.z1.wait_exit(Duration::from_secs(8))
             .expect("ztunnel exits after the drain");
     assert!(status.success(), "exit status {status:?}\n{}", m.z1.log());
+}
+
+/// Runs `cmd` inside the namespace of `node` (not captured: node traffic is never redirected).
+fn in_node(m: &Mesh, node: u8, cmd: &str) -> std::process::Output {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", &m.topo.node(node).netns, "sh", "-c", cmd])
+        .output()
+        .expect("run command in node namespace")
+}
+
+#[test]
+fn bad_peers_fail_alone_and_are_counted() {
+    let m = Mesh::start(Opts::default());
+    let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    let hbone = SocketAddr::new(m.pod("c").ipv4.into(), 15008);
+    let rejected_tls = |m: &Mesh| {
+        metrics::sample(
+            &m.z2.metrics(),
+            "ztunnel_inbound_rejected_total",
+            &[("reason", "tls")],
+        )
+        .unwrap_or(0.0)
+    };
+
+    // A peer that connects and then stalls holds only its own socket.
+    let stalled = m
+        .topo
+        .node(2)
+        .connect(hbone, TIMEOUT)
+        .expect("stalling peer connects");
+
+    // Plaintext HTTP sent to the HBONE port: closed without an answer.
+    let mut plain = m.topo.node(2).connect(hbone, TIMEOUT).expect("connect");
+    plain.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut buf = Vec::new();
+    let _ = plain.read_to_end(&mut buf);
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"),
+        "plaintext got an answer: {buf:?}"
+    );
+    wait_for("plaintext counted", || rejected_tls(&m) >= 1.0);
+
+    // TLS without a client certificate, then with one from a CA the mesh does not trust.
+    let dir = m.dir.path();
+    let gen = format!(
+        "cd {d} && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout evil-ca.key -out evil-ca.pem -subj /CN=evil -days 1 2>/dev/null \
+         && openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout leaf.key -out leaf.csr -subj /CN=leaf 2>/dev/null \
+         && printf 'subjectAltName=URI:{id}\\nextendedKeyUsage=clientAuth,serverAuth\\n' > ext \
+         && openssl x509 -req -in leaf.csr -CA evil-ca.pem -CAkey evil-ca.key -CAcreateserial -out leaf.pem -days 1 -extfile ext 2>/dev/null",
+        d = dir.display(),
+        id = spiffe("a"),
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &gen])
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl could not make the foreign certificate: {out:?}"
+    );
+    let base = format!("timeout 10 openssl s_client -connect {hbone} -tls1_3 -alpn h2 -quiet");
+    for (case, extra) in [
+        ("no client certificate", String::new()),
+        (
+            "foreign CA",
+            format!(" -cert {d}/leaf.pem -key {d}/leaf.key", d = dir.display()),
+        ),
+    ] {
+        let before = rejected_tls(&m);
+        let out = in_node(&m, 2, &format!("printf 'x' | {base}{extra}"));
+        wait_for(case, || rejected_tls(&m) > before);
+        eprintln!(
+            "{case}: openssl said {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+    }
+
+    // Everyone else is still served, and the process is alive.
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"still serving").expect("a -> c after bad peers");
+    drop(stalled);
+    assert!(m.z2.log().contains("inbound TLS handshake failed"));
+}
+
+#[test]
+fn a_reload_that_does_not_affect_a_connection_keeps_it() {
+    let mut m = Mesh::start(Opts::default());
+    let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    let mut s = echo(m.pod("a"), m.pod("c").addr_v4(8080), b"before").expect("a -> c");
+    // A new policy that does not concern a -> c, and d leaves the mesh.
+    m.reconfigure(Opts {
+        workloads: vec![("a", true), ("b", true), ("c", true)],
+        policies: "  - {name: deny-b, namespace: default, selector: {app: c}, action: DENY, rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/b]}}]}]}\n".into(),
+        ..Opts::default()
+    });
+    ping(&mut s, b"after reload").expect("the connection survived the reload");
+    assert_refused(m.pod("b"), m.pod("c").addr_v4(8080));
+}
+
+#[test]
+fn admin_endpoints_and_json_access_log() {
+    let mut m = Mesh::start(Opts {
+        settings: "logFormat: json\n".into(),
+        ..Opts::default()
+    });
+    let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"json").expect("a -> c");
+
+    let (status, body) = m.z1.admin_get("/config_dump").expect("config_dump");
+    assert_eq!(status, 200);
+    assert!(
+        !body.contains("PRIVATE KEY"),
+        "a private key leaked into config_dump"
+    );
+    let dump: serde_json::Value = serde_json::from_str(&body).expect("config_dump is JSON");
+    assert_eq!(dump["config"]["node"], "n1");
+    assert_eq!(dump["workloads"].as_array().map(Vec::len), Some(4));
+    let ids: Vec<&str> = dump["certificates"]
+        .as_array()
+        .expect("certificates")
+        .iter()
+        .filter_map(|c| c["identity"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![spiffe("a"), spiffe("b")],
+        "n1 holds the identities of its own pods"
+    );
+
+    // The access log is JSON, one object per line, with both identities.
+    wait_for("json access line", || {
+        m.z2.log().lines().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                v["message"] == "connection complete"
+                    && v["src.identity"] == spiffe("a")
+                    && v["dst.identity"] == spiffe("c")
+            })
+        })
+    });
+
+    assert_eq!(
+        m.z1.admin_get("/logging?level=nonsense[")
+            .expect("logging")
+            .0,
+        400
+    );
+    let (status, _) = m.z1.admin_post("/logging?level=debug").expect("logging");
+    assert_eq!(status, 200);
+    assert!(m
+        .z1
+        .admin_get("/logging")
+        .expect("logging")
+        .1
+        .contains("debug"));
+    let (status, _) = m.z1.admin_post("/quitquitquit").expect("quitquitquit");
+    assert_eq!(status, 200);
+    let exit =
+        m.z1.wait_exit(Duration::from_secs(10))
+            .expect("ztunnel exits after quitquitquit");
+    assert!(exit.success(), "{exit:?}");
 }
