@@ -42,6 +42,12 @@ pub fn main() -> anyhow::Result<()> {
             node,
             workers,
         } => {
+            // A parent that blocked these (shells, supervisors, test harnesses) must not stop
+            // the drain: tokio's handlers only see signals that are not blocked.
+            let mut term = nix::sys::signal::SigSet::empty();
+            term.add(nix::sys::signal::Signal::SIGTERM);
+            term.add(nix::sys::signal::Signal::SIGINT);
+            term.thread_unblock()?;
             let mut rt = tokio::runtime::Builder::new_multi_thread();
             rt.enable_all().thread_name("ztunnel-worker");
             if let Some(n) = workers {
