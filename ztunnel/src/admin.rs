@@ -72,7 +72,13 @@ impl Admin {
 
     fn refresh_gauges(&self) {
         let m = &self.ctx.metrics;
-        m.set_certificates(self.ctx.identities.certs().len() as i64);
+        let certs = self.ctx.identities.certs();
+        m.set_certificates(certs.len() as i64);
+        m.set_certificate_expiries(
+            certs
+                .iter()
+                .map(|c| (c.identity.as_str(), c.expires_unix as i64)),
+        );
         // The manager counts renewals itself; the counter catches up at each scrape.
         let total = self.ctx.identities.renewals();
         let seen = self.renewals_seen.swap(total, Ordering::AcqRel);

@@ -221,6 +221,19 @@ impl Metrics {
             .set(unix_seconds);
     }
 
+    /// Replaces every exported expiry with `certs` (identity, Unix seconds), so certificates
+    /// no longer held stop being exported.
+    pub fn set_certificate_expiries<'a>(&self, certs: impl IntoIterator<Item = (&'a str, i64)>) {
+        self.certificate_expiry.clear();
+        for (identity, unix_seconds) in certs {
+            self.certificate_expiry
+                .get_or_create(&IdentityLabels {
+                    identity: identity.to_string(),
+                })
+                .set(unix_seconds);
+        }
+    }
+
     /// Forgets a certificate that is no longer held, so its expiry stops being exported.
     pub fn remove_certificate_expiry(&self, identity: &Identity) {
         self.certificate_expiry.remove(&IdentityLabels {

@@ -36,6 +36,8 @@ pub struct CertInfo {
     pub not_before: String,
     /// RFC 3339, UTC.
     pub not_after: String,
+    /// `not_after` as Unix seconds, for the expiry gauge.
+    pub expires_unix: u64,
     /// Leaf first, then the root.
     pub chain_pem: Vec<String>,
 }
@@ -96,6 +98,10 @@ impl Current {
             serial: issued.serial,
             not_before: rfc3339(issued.not_before),
             not_after: rfc3339(issued.not_after),
+            expires_unix: issued
+                .not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             chain_pem: issued.chain.iter().map(ca::der_to_pem).collect(),
         };
         Ok(Self {
