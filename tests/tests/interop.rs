@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mesh_tests::app::EchoServer;
+use mesh_tests::app::{self, EchoServer};
 use mesh_tests::daemon::Ztunnel;
 use mesh_tests::peer::{Leaf, Peer, Pki};
 use mesh_tests::{metrics, require_root, Pod, Topology};
@@ -292,6 +292,23 @@ fn node_server(m: &Mesh, name: &str, identity: &str) -> NodeServer {
     NodeServer { peer, _app: app }
 }
 
+/// Bytes each bulk transfer through a peer moves each way: enough for many HTTP/2 flow-control
+/// window updates between the two implementations.
+const BULK: u64 = 32 << 20;
+
+/// Echoes [`BULK`] pattern bytes through `s` and checks they come back intact; prints the rate.
+fn bulk(what: &str, s: &TcpStream) {
+    let start = Instant::now();
+    let t = app::transfer(s, BULK).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let secs = start.elapsed().as_secs_f64();
+    assert!(t.ok(), "{what}: {t:?}");
+    eprintln!(
+        "{what}: {} MiB each way in {secs:.2}s ({:.0} MiB/s)",
+        BULK >> 20,
+        (BULK >> 20) as f64 / secs
+    );
+}
+
 fn is_traceparent(v: &str) -> bool {
     let parts: Vec<&str> = v.split('-').collect();
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
@@ -345,6 +362,8 @@ fn ztunnel_to_node_server() {
         seen[0]["headers"]["traceparent"], seen[1]["headers"]["traceparent"],
         "each connection gets its own trace"
     );
+    let s = a.connect(c.addr_v4(8080), TIMEOUT).expect("a -> c");
+    bulk("ztunnel -> node http2 server", &s);
 }
 
 /// ztunnel checks the destination's identity, whoever serves it: a Node.js server on c's
@@ -435,6 +454,8 @@ fn envoy_terminates_hbone_from_ztunnel() {
         assert_eq!(text(&line["bytes_received"]), len.to_string(), "{line}");
         assert_eq!(text(&line["bytes_sent"]), len.to_string(), "{line}");
     }
+    let s = a.connect(c.addr_v4(8080), TIMEOUT).expect("a -> c");
+    bulk("ztunnel -> envoy terminator", &s);
 }
 
 /// Envoy as the HBONE originator (as a waypoint talks to a destination ztunnel): a plain TCP
@@ -502,4 +523,8 @@ fn envoy_originates_hbone_to_ztunnel() {
         assert_eq!(text(&line["upstream_tls_version"]), "TLSv1.3", "{line}");
         assert_eq!(text(&line["bytes_sent"]), msg.len().to_string(), "{line}");
     }
+    let s = n1
+        .connect(SocketAddr::from(([127, 0, 0, 1], 15090)), TIMEOUT)
+        .expect("connect to envoy");
+    bulk("envoy originator -> ztunnel", &s);
 }
