@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod http;
 pub mod metrics;
 pub mod netns;
+pub mod peer;
 pub mod topology;
 
 pub use app::{EchoServer, SinkServer, Transfer};
