@@ -14,7 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::identity::Identity;
 use crate::metrics::{ConnectionLabels, Reporter, ResponseFlags};
 use crate::pod::Pod;
-use crate::proxy::copy::{self, Outcome};
+use crate::proxy::access::Entry;
+use crate::proxy::copy;
 use crate::proxy::{Context, Error, Fault, Kind};
 use crate::socket;
 use route::Route;
@@ -103,12 +104,24 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
         }
         Route::Passthrough { .. } => passthrough(&ctx, &pod, target).await.map(Upstream::Tcp),
     };
+    let entry = Entry {
+        direction: "outbound",
+        src: peer,
+        src_workload: Some(&pod.uid.0),
+        src_identity: Some(&pod.identity),
+        dst: target,
+        dst_workload: dst_workload.as_ref().map(|w| w.uid.0.as_str()),
+        dst_service: service.as_ref().map(|s| s.hostname.as_str()),
+        dst_identity: dst_identity.as_ref(),
+        mtls,
+        start,
+    };
     let mut upstream = match connected {
         Ok(u) => u,
         Err(err) => {
             ctx.metrics
                 .connection_failed(labels.clone(), err.response_flags());
-            tracing::info!(target: "access", direction = "outbound", src.addr = %peer, src.workload = %pod.uid, src.identity = %pod.identity, dst.addr = %target, dst.identity = dst_identity.as_ref().map(|i| i.to_string()), error = %err, "connection failed");
+            entry.failed(&err);
             return;
         }
     };
@@ -117,31 +130,7 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
         Upstream::Tunnel(s) => copy::bidirectional(&mut downstream, s, &pod.cancel).await,
         Upstream::Tcp(s) => copy::bidirectional(&mut downstream, s, &pod.cancel).await,
     };
-    guard.add_received(moved.received);
-    guard.add_sent(moved.sent);
-    drop(guard);
-    let error = match outcome {
-        Outcome::Done => None,
-        Outcome::Io(e) => Some(e.to_string()),
-        Outcome::Cancelled => Some("closed by ztunnel".to_string()),
-    };
-    tracing::info!(
-        target: "access",
-        direction = "outbound",
-        src.addr = %peer,
-        src.workload = %pod.uid,
-        src.identity = %pod.identity,
-        dst.addr = %target,
-        dst.workload = dst_workload.as_ref().map(|w| w.uid.0.as_str()),
-        dst.service = service.as_ref().map(|s| s.hostname.as_str()),
-        dst.identity = dst_identity.as_ref().map(|i| i.to_string()),
-        security = if mtls { "mutual_tls" } else { "plaintext" },
-        bytes_sent = moved.sent,
-        bytes_received = moved.received,
-        duration_ms = start.elapsed().as_millis() as u64,
-        error,
-        "connection complete"
-    );
+    entry.finished(guard, outcome, moved);
 }
 
 enum Upstream {

@@ -1,6 +1,7 @@
 //! What the inbound and outbound proxies share: the context they run in, the data-path error
 //! model and the byte copy between two sockets.
 
+pub mod access;
 pub mod context;
 pub mod copy;
 pub mod error;

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use super::{deliver, Summary};
+use super::deliver;
 use crate::hbone::{self, Incoming};
 use crate::identity::Identity;
 use crate::metrics::{ConnectionLabels, RejectReason, Reporter};
 use crate::pod::Pod;
+use crate::proxy::access::Entry;
 use crate::proxy::copy;
 use crate::proxy::{Context, Error, Fault, Kind};
 use crate::tls;
@@ -96,13 +97,16 @@ async fn tunnel(
     let start = Instant::now();
     let target = crate::pod::normalize(incoming.authority);
     let snap = ctx.store.load();
-    let summary = Summary {
+    let summary = Entry {
         direction: "inbound",
         src: peer,
+        src_workload: None,
         src_identity: Some(&peer_id),
         dst: target,
-        dst_workload: &pod.uid.0,
-        dst_identity: &pod.identity,
+        dst_workload: Some(&pod.uid.0),
+        dst_service: None,
+        dst_identity: Some(&pod.identity),
+        mtls: true,
         start,
     };
     if !pod.ips.contains(&target.ip()) {

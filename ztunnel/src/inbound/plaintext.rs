@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{deliver, Summary};
+use super::deliver;
 use crate::metrics::{ConnectionLabels, RejectReason, Reporter};
 use crate::pod::Pod;
+use crate::proxy::access::Entry;
 use crate::proxy::copy;
 use crate::proxy::{Context, Error, Fault, Kind};
 use crate::socket;
@@ -33,13 +34,16 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
     let Some(workload) = snap.workload_by_uid(&pod.uid).cloned() else {
         return;
     };
-    let summary = Summary {
+    let summary = Entry {
         direction: "inbound",
         src: peer,
+        src_workload: None,
         src_identity: None,
         dst: orig,
-        dst_workload: &pod.uid.0,
-        dst_identity: &pod.identity,
+        dst_workload: Some(&pod.uid.0),
+        dst_service: None,
+        dst_identity: Some(&pod.identity),
+        mtls: false,
         start,
     };
     let labels = ConnectionLabels::new(
