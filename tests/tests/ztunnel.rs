@@ -32,6 +32,24 @@ struct Opts {
     /// Each node keeps its own state directory (so each builds its own CA).
     separate_ca: bool,
     drain_timeout: &'static str,
+    /// The capture backend both ztunnels use (a node setting: kept across reconfigurations).
+    capture: Capture,
+}
+
+/// Capture backends every case runs under; a backend that cannot start fails the case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Capture {
+    Ebpf,
+    Nftables,
+}
+
+impl Capture {
+    fn setting(self) -> &'static str {
+        match self {
+            Capture::Ebpf => "ebpf",
+            Capture::Nftables => "nftables",
+        }
+    }
 }
 
 impl Default for Opts {
@@ -44,6 +62,7 @@ impl Default for Opts {
             ttl: "24h",
             separate_ca: false,
             drain_timeout: "5s",
+            capture: Capture::Ebpf,
         }
     }
 }
@@ -67,10 +86,11 @@ fn render(topo: &Topology, dir: &Path, node: u8, o: &Opts) -> String {
         dir.join("state")
     };
     let mut y = format!(
-        "trustDomain: {TD}\nstateDir: {}\ncertificateTtl: {}\ndrainTimeout: {}\nworkloads:\n",
+        "trustDomain: {TD}\nstateDir: {}\ncertificateTtl: {}\ndrainTimeout: {}\ncapture: {}\nworkloads:\n",
         state.display(),
         o.ttl,
-        o.drain_timeout
+        o.drain_timeout,
+        o.capture.setting()
     );
     for (name, enrolled) in &o.workloads {
         let p = topo.pod(name);
@@ -109,7 +129,8 @@ fn render(topo: &Topology, dir: &Path, node: u8, o: &Opts) -> String {
 }
 
 impl Mesh {
-    fn start(opts: Opts) -> Mesh {
+    fn start(capture: Capture, mut opts: Opts) -> Mesh {
+        opts.capture = capture;
         require_root().expect("e2e prerequisites");
         let topo = Topology::create().expect("topology");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -127,6 +148,15 @@ impl Mesh {
         let mut z2 = Ztunnel::start(topo.node(2), &config_path(dir.path(), 2), "n2", &[])
             .expect("start ztunnel n2");
         z2.wait_ready(TIMEOUT).expect("ztunnel n2 ready");
+        if capture == Capture::Ebpf {
+            for z in [&z1, &z2] {
+                assert!(
+                    z.log().contains("capturing with eBPF"),
+                    "ztunnel did not capture with eBPF:\n{}",
+                    z.log()
+                );
+            }
+        }
         Mesh {
             topo,
             dir,
@@ -141,7 +171,8 @@ impl Mesh {
     }
 
     /// Rewrites both nodes' files and waits until both daemons report the reload.
-    fn reconfigure(&mut self, opts: Opts) {
+    fn reconfigure(&mut self, mut opts: Opts) {
+        opts.capture = self.opts.capture;
         let before = (
             count(&self.z1.log(), "configuration reloaded"),
             count(&self.z2.log(), "configuration reloaded"),
@@ -219,9 +250,8 @@ fn vip(port: u16) -> SocketAddr {
     SocketAddr::new(VIP.parse().expect("vip"), port)
 }
 
-#[test]
-fn pod_to_pod_same_node_and_across_nodes_with_identities() {
-    let m = Mesh::start(Opts::default());
+fn pod_to_pod_same_node_and_across_nodes_with_identities(capture: Capture) {
+    let m = Mesh::start(capture, Opts::default());
     let b_srv = EchoServer::start(m.pod("b"), 8080).expect("echo b");
     let c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     let a = m.pod("a");
@@ -272,9 +302,8 @@ fn pod_to_pod_same_node_and_across_nodes_with_identities() {
     );
 }
 
-#[test]
-fn service_vip_uses_both_endpoints() {
-    let m = Mesh::start(Opts::default());
+fn service_vip_uses_both_endpoints(capture: Capture) {
+    let m = Mesh::start(capture, Opts::default());
     let c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     let d_srv = EchoServer::start(m.pod("d"), 8080).expect("echo d");
     for i in 0..6 {
@@ -288,9 +317,8 @@ fn service_vip_uses_both_endpoints() {
     assert_eq!(c_srv.connections() + d_srv.connections(), 7);
 }
 
-#[test]
-fn bytes_between_nodes_are_tls_only() {
-    let m = Mesh::start(Opts::default());
+fn bytes_between_nodes_are_tls_only(capture: Capture) {
+    let m = Mesh::start(capture, Opts::default());
     let _c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     let n1 = m.topo.node(1);
     let cap = PacketCapture::start(&n1.netns_path, &n1.link_iface).expect("capture");
@@ -320,14 +348,13 @@ fn bytes_between_nodes_are_tls_only() {
     );
 }
 
-#[test]
-fn destination_presenting_wrong_identity_is_refused() {
+fn destination_presenting_wrong_identity_is_refused(capture: Capture) {
     // n1 believes c runs as sa "c"; n2 (where c lives) gives it sa "impostor".
     let opts = Opts {
         service_accounts: vec![(2, "c", "impostor")],
         ..Opts::default()
     };
-    let m = Mesh::start(opts);
+    let m = Mesh::start(capture, opts);
     let c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     assert_refused(m.pod("a"), m.pod("c").addr_v4(8080));
     assert_eq!(c_srv.connections(), 0, "the app was reached");
@@ -345,13 +372,12 @@ fn destination_presenting_wrong_identity_is_refused() {
     echo(m.pod("a"), m.pod("d").addr_v4(8080), b"still works").expect("a -> d");
 }
 
-#[test]
-fn peers_of_another_ca_are_refused() {
+fn peers_of_another_ca_are_refused(capture: Capture) {
     let opts = Opts {
         separate_ca: true,
         ..Opts::default()
     };
-    let m = Mesh::start(opts);
+    let m = Mesh::start(capture, opts);
     let c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     assert_refused(m.pod("a"), m.pod("c").addr_v4(8080));
     assert_eq!(c_srv.connections(), 0);
@@ -369,15 +395,14 @@ fn peers_of_another_ca_are_refused() {
     echo(m.pod("a"), m.pod("b").addr_v4(8080), b"same node").expect("a -> b");
 }
 
-#[test]
-fn allow_and_deny_policies_and_closing_live_connections() {
+fn allow_and_deny_policies_and_closing_live_connections(capture: Capture) {
     let allow_a = "  - name: c-from-a\n    namespace: default\n    selector: {app: c}\n    action: ALLOW\n    rules:\n      - from:\n          - source: {principals: [cluster.local/ns/default/sa/a]}\n";
     let deny_d_8080 = "  - name: d-not-8080\n    namespace: default\n    selector: {app: d}\n    action: DENY\n    rules:\n      - from:\n          - source: {namespaces: [default]}\n        to:\n          - operation: {ports: [8080]}\n";
     let opts = Opts {
         policies: format!("{allow_a}{deny_d_8080}"),
         ..Opts::default()
     };
-    let mut m = Mesh::start(opts.clone());
+    let mut m = Mesh::start(capture, opts.clone());
     let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     let _d = EchoServer::start(m.pod("d"), 8080).expect("echo d");
     let _d2 = EchoServer::start(m.pod("d"), 9090).expect("echo d 9090");
@@ -420,14 +445,13 @@ fn allow_and_deny_policies_and_closing_live_connections() {
     assert_refused(m.pod("a"), m.pod("c").addr_v4(8080));
 }
 
-#[test]
-fn strict_mtls_rejects_plaintext() {
+fn strict_mtls_rejects_plaintext(capture: Capture) {
     // d is outside the mesh: its connections reach c without a tunnel.
     let opts = Opts {
         workloads: vec![("a", true), ("b", true), ("c", true), ("d", false)],
         ..Opts::default()
     };
-    let mut m = Mesh::start(opts.clone());
+    let mut m = Mesh::start(capture, opts.clone());
     let c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     echo(
         m.pod("d"),
@@ -453,9 +477,8 @@ fn strict_mtls_rejects_plaintext() {
     echo(m.pod("a"), m.pod("c").addr_v4(8080), b"mtls still fine").expect("a -> c under STRICT");
 }
 
-#[test]
-fn metrics_count_connections_and_bytes() {
-    let m = Mesh::start(Opts::default());
+fn metrics_count_connections_and_bytes(capture: Capture) {
+    let m = Mesh::start(capture, Opts::default());
     let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     const N: usize = 5;
     const BYTES: u64 = 10_000;
@@ -521,9 +544,8 @@ fn metrics_count_connections_and_bytes() {
     );
 }
 
-#[test]
-fn reload_with_a_bad_file_keeps_the_last_good_state() {
-    let mut m = Mesh::start(Opts::default());
+fn reload_with_a_bad_file_keeps_the_last_good_state(capture: Capture) {
+    let mut m = Mesh::start(capture, Opts::default());
     let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     let before = m.z1.admin_get("/config_dump").expect("config_dump");
     assert_eq!(before.0, 200);
@@ -553,9 +575,8 @@ fn reload_with_a_bad_file_keeps_the_last_good_state() {
     assert_refused(m.pod("a"), m.pod("c").addr_v4(8080));
 }
 
-#[test]
-fn certificate_renewal_keeps_long_lived_connections() {
-    let m = Mesh::start(Opts {
+fn certificate_renewal_keeps_long_lived_connections(capture: Capture) {
+    let m = Mesh::start(capture, Opts {
         ttl: "4s",
         ..Opts::default()
     });
@@ -588,10 +609,9 @@ fn certificate_renewal_keeps_long_lived_connections() {
     echo(m.pod("a"), m.pod("c").addr_v4(8080), b"after renewal").expect("new connection");
 }
 
-#[test]
-fn unknown_destination_is_passed_through() {
+fn unknown_destination_is_passed_through(capture: Capture) {
     // d is in no configuration: an address the mesh does not know.
-    let m = Mesh::start(Opts {
+    let m = Mesh::start(capture, Opts {
         workloads: vec![("a", true), ("b", true), ("c", true)],
         ..Opts::default()
     });
@@ -608,9 +628,8 @@ fn unknown_destination_is_passed_through() {
     });
 }
 
-#[test]
-fn one_gibibyte_arrives_byte_exact() {
-    let m = Mesh::start(Opts::default());
+fn one_gibibyte_arrives_byte_exact(capture: Capture) {
+    let m = Mesh::start(capture, Opts::default());
     let sink = SinkServer::start(m.pod("c"), 8080).expect("sink c");
     let mut s = m
         .pod("a")
@@ -632,9 +651,8 @@ fn one_gibibyte_arrives_byte_exact() {
     assert!(got[0].intact && got[0].complete, "{:?}", got[0]);
 }
 
-#[test]
-fn sigterm_drains_open_connections() {
-    let mut m = Mesh::start(Opts::default());
+fn sigterm_drains_open_connections(capture: Capture) {
+    let mut m = Mesh::start(capture, Opts::default());
     let _b = EchoServer::start(m.pod("b"), 8080).expect("echo b");
     let mut s = echo(m.pod("a"), m.pod("b").addr_v4(8080), b"before").expect("a -> b");
     m.z1.sigterm().expect("sigterm");
@@ -656,3 +674,32 @@ fn sigterm_drains_open_connections() {
             .expect("ztunnel exits after the drain");
     assert!(status.success(), "exit status {status:?}\n{}", m.z1.log());
 }
+
+/// Every case above, once per capture backend: `ebpf::<case>` and `nftables::<case>`.
+macro_rules! under_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod ebpf {
+            $( #[test] fn $case() { super::$case(super::Capture::Ebpf) } )*
+        }
+        mod nftables {
+            $( #[test] fn $case() { super::$case(super::Capture::Nftables) } )*
+        }
+    };
+}
+
+under_both_backends!(
+    pod_to_pod_same_node_and_across_nodes_with_identities,
+    service_vip_uses_both_endpoints,
+    bytes_between_nodes_are_tls_only,
+    destination_presenting_wrong_identity_is_refused,
+    peers_of_another_ca_are_refused,
+    allow_and_deny_policies_and_closing_live_connections,
+    strict_mtls_rejects_plaintext,
+    metrics_count_connections_and_bytes,
+    reload_with_a_bad_file_keeps_the_last_good_state,
+    certificate_renewal_keeps_long_lived_connections,
+    unknown_destination_is_passed_through,
+    one_gibibyte_arrives_byte_exact,
+    sigterm_drains_open_connections,
+
+);
