@@ -675,6 +675,221 @@ fn sigterm_drains_open_connections(capture: Capture) {
     assert!(status.success(), "exit status {status:?}\n{}", m.z1.log());
 }
 
+/// The app's view of a captured connection is the one it asked for: getpeername returns the
+/// intended destination, not the redirect target.
+fn app_sees_its_intended_peer(capture: Capture) {
+    let m = Mesh::start(capture, Opts::default());
+    let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    for target in [m.pod("c").addr_v4(8080), m.pod("c").addr_v6(8080), vip(80)] {
+        let s = echo(m.pod("a"), target, b"who are you").expect("a -> c");
+        assert_eq!(s.peer_addr().expect("getpeername"), target);
+    }
+    if capture == Capture::Ebpf {
+        let text = m.z1.metrics();
+        let sample = |name| metrics::sample(&text, name, &[]).unwrap_or(0.0);
+        assert!(sample("ztunnel_ebpf_peername_rewritten_total") >= 3.0, "{text}");
+        assert!(sample("ztunnel_ebpf_original_dst_answered_total") >= 3.0, "{text}");
+        assert_eq!(
+            metrics::sample(&text, "ztunnel_ebpf_redirects_total", &[("direction", "outbound")]),
+            Some(3.0),
+            "{text}"
+        );
+        for program in ["sockops", "getsockopt"] {
+            assert_eq!(
+                metrics::sample(&text, "ztunnel_ebpf_misses_total", &[("program", program)]),
+                Some(0.0),
+                "{text}"
+            );
+        }
+    }
+}
+
+/// A pod on the same node that is not enrolled keeps plain networking both ways, and ztunnel
+/// neither sees nor counts its connections.
+fn non_enrolled_pod_is_untouched(capture: Capture) {
+    let m = Mesh::start(
+        capture,
+        Opts {
+            workloads: vec![("a", true), ("b", false), ("c", true), ("d", true)],
+            ..Opts::default()
+        },
+    );
+    let n1 = m.topo.node(1);
+    let node_srv = EchoServer::serve(
+        n1.listen(SocketAddr::new(n1.link_ipv4.into(), 7000))
+            .expect("node listener"),
+    )
+    .expect("echo on node");
+    let b_srv = EchoServer::start(m.pod("b"), 8080).expect("echo b");
+    let before = m.z1.metrics();
+    // b -> its node, and the node -> b: straight, from and to b's own address.
+    let s = echo(m.pod("b"), node_srv_addr(n1), b"not captured").expect("b -> node");
+    assert_eq!(s.peer_addr().expect("peer"), node_srv_addr(n1));
+    assert_eq!(
+        node_srv.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
+        vec![IpAddr::from(m.pod("b").ipv4)]
+    );
+    let mut from_node = n1
+        .connect(m.pod("b").addr_v4(8080), TIMEOUT)
+        .expect("node -> b");
+    from_node.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    ping(&mut from_node, b"node to b").expect("node -> b echo");
+    assert_eq!(
+        b_srv.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
+        vec![IpAddr::from(mesh_tests::topology::gateway_v4(1))]
+    );
+    let after = m.z1.metrics();
+    for name in [
+        "istio_tcp_connections_opened_total",
+        "ztunnel_ebpf_redirects_total",
+    ] {
+        let total = |text: &str| metrics::sample(text, name, &[]).unwrap_or(0.0);
+        assert_eq!(total(&before), total(&after), "{name} moved:\n{after}");
+    }
+    assert!(
+        access_lines(&m.z1.log(), "").is_empty(),
+        "ztunnel logged a connection: {}",
+        m.z1.log()
+    );
+}
+
+fn node_srv_addr(n: &mesh_tests::Node) -> SocketAddr {
+    SocketAddr::new(n.link_ipv4.into(), 7000)
+}
+
+/// Listeners of pod `b` inside its namespace (`ss` there), e.g. [15001, 15006, 15008].
+fn ztunnel_ports_in(pod: &Pod) -> Vec<u16> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &pod.netns, "ss", "-Hltn"])
+        .output()
+        .expect("run ss in the pod");
+    assert!(out.status.success(), "ss failed: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut ports: Vec<u16> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3)?.rsplit(':').next()?.parse().ok())
+        .filter(|p| [15001, 15006, 15008].contains(p))
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// Enrolling a running pod by a configuration change captures it at once; unenrolling it
+/// leaves no listener, capture entry or redirect behind.
+fn enroll_and_unenroll_a_live_pod(capture: Capture) {
+    let not_b = Opts {
+        workloads: vec![("a", true), ("b", false), ("c", true), ("d", true)],
+        ..Opts::default()
+    };
+    let mut m = Mesh::start(capture, not_b.clone());
+    let _b = EchoServer::start(m.pod("b"), 8080).expect("echo b");
+    let n1 = m.topo.node(1).clone();
+    let enrolled_gauge = |z: &Ztunnel| {
+        metrics::sample(&z.metrics(), "ztunnel_ebpf_enrolled_namespaces", &[])
+    };
+    assert_eq!(ztunnel_ports_in(m.pod("b")), Vec::<u16>::new());
+    if capture == Capture::Ebpf {
+        assert_eq!(enrolled_gauge(&m.z1), Some(1.0));
+    }
+
+    m.reconfigure(Opts::default());
+    wait_for("b's listeners", || {
+        ztunnel_ports_in(m.pod("b")) == [15001, 15006, 15008]
+    });
+    let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    echo(m.pod("b"), m.pod("c").addr_v4(8080), b"b enrolled").expect("b -> c");
+    wait_for("b's outbound in the access log", || {
+        access_lines(&m.z1.log(), "outbound")
+            .iter()
+            .any(|l| l.contains(&spiffe("b")))
+    });
+    // The node's plaintext to b now goes through ztunnel (inbound capture).
+    let mut from_node = n1.connect(m.pod("b").addr_v4(8080), TIMEOUT).expect("node -> b");
+    from_node.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    ping(&mut from_node, b"captured").expect("node -> b captured");
+    drop(from_node);
+    wait_for("node -> b in the access log", || {
+        access_lines(&m.z1.log(), "inbound")
+            .iter()
+            .any(|l| l.contains("10.201.1.1"))
+    });
+    if capture == Capture::Ebpf {
+        assert_eq!(enrolled_gauge(&m.z1), Some(2.0));
+    }
+
+    m.reconfigure(not_b);
+    wait_for("b's listeners gone", || ztunnel_ports_in(m.pod("b")).is_empty());
+    let lines_before = m.z1.log().lines().filter(|l| l.contains("connection complete")).count();
+    let mut from_node = n1.connect(m.pod("b").addr_v4(8080), TIMEOUT).expect("node -> b direct");
+    from_node.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    ping(&mut from_node, b"direct again").expect("node -> b direct");
+    let s = echo(m.pod("b"), m.pod("c").addr_v4(8080), b"direct").expect("b -> c direct");
+    assert_eq!(s.peer_addr().expect("peer"), m.pod("c").addr_v4(8080));
+    drop((s, from_node));
+    std::thread::sleep(Duration::from_millis(300));
+    let lines_after = m.z1.log().lines().filter(|l| l.contains("connection complete")).count();
+    assert_eq!(lines_before, lines_after, "b's traffic still went through ztunnel");
+    if capture == Capture::Ebpf {
+        assert_eq!(enrolled_gauge(&m.z1), Some(1.0));
+    }
+}
+
+/// Ten thousand short connections through capture (passthrough to an address outside the
+/// mesh), each with a round trip: none may be lost.
+fn ten_thousand_connections_through_capture(capture: Capture) {
+    const N: usize = 10_000;
+    let m = Mesh::start(capture, Opts::default());
+    let n1 = m.topo.node(1);
+    // A blocking server that ends after N connections (EchoServer polls accept every 10 ms,
+    // which would be all this test measures).
+    let listener = n1.listen(node_srv_addr(n1)).expect("node listener");
+    let srv = std::thread::spawn(move || {
+        let mut served = 0;
+        for _ in 0..N {
+            let Ok((mut c, _)) = listener.accept() else {
+                break;
+            };
+            let mut buf = [0u8; 8];
+            if c.read_exact(&mut buf).and_then(|()| c.write_all(&buf)).is_ok() {
+                served += 1;
+            }
+        }
+        served
+    });
+    let target = node_srv_addr(n1);
+    let start = Instant::now();
+    let failures = m.pod("a").run(|| {
+        let mut failures = Vec::new();
+        for i in 0..N {
+            let r = TcpStream::connect_timeout(&target, TIMEOUT).and_then(|mut s| {
+                s.set_read_timeout(Some(TIMEOUT))?;
+                ping(&mut s, &(i as u64).to_be_bytes())
+            });
+            if let Err(e) = r {
+                failures.push(format!("connection {i}: {e}"));
+            }
+        }
+        failures
+    });
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "{N} connections through {capture:?} capture in {secs:.1}s ({:.0} us each, debug build)",
+        secs * 1e6 / N as f64
+    );
+    assert!(failures.is_empty(), "{} lost: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert_eq!(srv.join().expect("server thread"), N, "connections served");
+    if capture == Capture::Ebpf {
+        let text = m.z1.metrics();
+        assert_eq!(
+            metrics::sample(&text, "ztunnel_ebpf_redirects_total", &[("direction", "outbound")]),
+            Some(N as f64)
+        );
+        assert_eq!(metrics::sample(&text, "ztunnel_ebpf_misses_total", &[]).unwrap_or(0.0), 0.0, "{text}");
+        assert_eq!(metrics::sample(&text, "ztunnel_ebpf_errors_total", &[]).unwrap_or(0.0), 0.0, "{text}");
+    }
+}
+
 /// Every case above, once per capture backend: `ebpf::<case>` and `nftables::<case>`.
 macro_rules! under_both_backends {
     ($($case:ident),* $(,)?) => {
@@ -701,5 +916,8 @@ under_both_backends!(
     unknown_destination_is_passed_through,
     one_gibibyte_arrives_byte_exact,
     sigterm_drains_open_connections,
-
+    app_sees_its_intended_peer,
+    non_enrolled_pod_is_untouched,
+    enroll_and_unenroll_a_live_pod,
+    ten_thousand_connections_through_capture,
 );

@@ -91,6 +91,8 @@ pub struct EbpfSample {
     pub original_dst_answered: u64,
     pub peername_rewritten: u64,
     pub delivery_bypassed: u64,
+    /// Pod namespaces whose traffic the programs capture now.
+    pub enrolled_namespaces: i64,
 }
 
 /// Reads an [`EbpfSample`]; set once by the eBPF capture backend.
@@ -107,6 +109,7 @@ struct EbpfMetrics {
     original_dst_answered: Counter,
     peername_rewritten: Counter,
     delivery_bypassed: Counter,
+    enrolled_namespaces: Gauge,
 }
 
 impl std::fmt::Debug for EbpfMetrics {
@@ -149,6 +152,11 @@ impl EbpfMetrics {
             "ztunnel's own deliveries to apps let past the inbound sk_lookup program",
             self.delivery_bypassed.clone(),
         );
+        registry.register(
+            "ztunnel_ebpf_enrolled_namespaces",
+            "Pod network namespaces the eBPF programs capture",
+            self.enrolled_namespaces.clone(),
+        );
     }
 
     fn refresh(&self) {
@@ -178,6 +186,7 @@ impl EbpfMetrics {
         advance(&self.original_dst_answered, sample.original_dst_answered);
         advance(&self.peername_rewritten, sample.peername_rewritten);
         advance(&self.delivery_bypassed, sample.delivery_bypassed);
+        self.enrolled_namespaces.set(sample.enrolled_namespaces);
     }
 }
 

@@ -253,6 +253,9 @@ impl Ebpf {
             original_dst_answered: read(counter::ORIGINAL_DST_ANSWERED),
             peername_rewritten: read(counter::PEERNAME_REWRITTEN),
             delivery_bypassed: read(counter::DELIVERY_BYPASSED),
+            // Counted in the kernel map itself, so a leaked entry would show.
+            enrolled_namespaces: i64::try_from(self.state().enrolled.keys().count())
+                .unwrap_or(i64::MAX),
         }
     }
 }
