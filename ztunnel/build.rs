@@ -11,7 +11,10 @@ fn main() {
     let source = src_dir.join("capture.bpf.c");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join("capture.bpf.o");
     println!("cargo:rerun-if-changed={}", source.display());
-    println!("cargo:rerun-if-changed={}", src_dir.join("capture.h").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        src_dir.join("capture.h").display()
+    );
     println!("cargo:rerun-if-env-changed=CLANG");
 
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".into());
@@ -19,7 +22,9 @@ fn main() {
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into());
     let multiarch = format!("-I/usr/include/{arch}-linux-gnu");
     let status = Command::new(&clang)
-        .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror", &multiarch])
+        .args([
+            "-target", "bpf", "-O2", "-g", "-Wall", "-Werror", &multiarch,
+        ])
         .arg("-c")
         .arg(&source)
         .arg("-o")

@@ -576,10 +576,13 @@ fn reload_with_a_bad_file_keeps_the_last_good_state(capture: Capture) {
 }
 
 fn certificate_renewal_keeps_long_lived_connections(capture: Capture) {
-    let m = Mesh::start(capture, Opts {
-        ttl: "4s",
-        ..Opts::default()
-    });
+    let m = Mesh::start(
+        capture,
+        Opts {
+            ttl: "4s",
+            ..Opts::default()
+        },
+    );
     let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     let mut s = echo(m.pod("a"), m.pod("c").addr_v4(8080), b"first").expect("a -> c");
     let serials = |z: &Ztunnel| {
@@ -611,10 +614,13 @@ fn certificate_renewal_keeps_long_lived_connections(capture: Capture) {
 
 fn unknown_destination_is_passed_through(capture: Capture) {
     // d is in no configuration: an address the mesh does not know.
-    let m = Mesh::start(capture, Opts {
-        workloads: vec![("a", true), ("b", true), ("c", true)],
-        ..Opts::default()
-    });
+    let m = Mesh::start(
+        capture,
+        Opts {
+            workloads: vec![("a", true), ("b", true), ("c", true)],
+            ..Opts::default()
+        },
+    );
     let d_srv = EchoServer::start(m.pod("d"), 7000).expect("echo d");
     echo(m.pod("a"), m.pod("d").addr_v4(7000), b"plain tcp").expect("a -> unknown d");
     assert_eq!(
@@ -687,10 +693,20 @@ fn app_sees_its_intended_peer(capture: Capture) {
     if capture == Capture::Ebpf {
         let text = m.z1.metrics();
         let sample = |name| metrics::sample(&text, name, &[]).unwrap_or(0.0);
-        assert!(sample("ztunnel_ebpf_peername_rewritten_total") >= 3.0, "{text}");
-        assert!(sample("ztunnel_ebpf_original_dst_answered_total") >= 3.0, "{text}");
+        assert!(
+            sample("ztunnel_ebpf_peername_rewritten_total") >= 3.0,
+            "{text}"
+        );
+        assert!(
+            sample("ztunnel_ebpf_original_dst_answered_total") >= 3.0,
+            "{text}"
+        );
         assert_eq!(
-            metrics::sample(&text, "ztunnel_ebpf_redirects_total", &[("direction", "outbound")]),
+            metrics::sample(
+                &text,
+                "ztunnel_ebpf_redirects_total",
+                &[("direction", "outbound")]
+            ),
             Some(3.0),
             "{text}"
         );
@@ -767,7 +783,14 @@ fn ztunnel_ports_in(pod: &Pod) -> Vec<u16> {
     let text = String::from_utf8_lossy(&out.stdout);
     let mut ports: Vec<u16> = text
         .lines()
-        .filter_map(|l| l.split_whitespace().nth(3)?.rsplit(':').next()?.parse().ok())
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(3)?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
+        })
         .filter(|p| [15001, 15006, 15008].contains(p))
         .collect();
     ports.sort_unstable();
@@ -785,9 +808,8 @@ fn enroll_and_unenroll_a_live_pod(capture: Capture) {
     let mut m = Mesh::start(capture, not_b.clone());
     let _b = EchoServer::start(m.pod("b"), 8080).expect("echo b");
     let n1 = m.topo.node(1).clone();
-    let enrolled_gauge = |z: &Ztunnel| {
-        metrics::sample(&z.metrics(), "ztunnel_ebpf_enrolled_namespaces", &[])
-    };
+    let enrolled_gauge =
+        |z: &Ztunnel| metrics::sample(&z.metrics(), "ztunnel_ebpf_enrolled_namespaces", &[]);
     assert_eq!(ztunnel_ports_in(m.pod("b")), Vec::<u16>::new());
     if capture == Capture::Ebpf {
         assert_eq!(enrolled_gauge(&m.z1), Some(1.0));
@@ -805,7 +827,9 @@ fn enroll_and_unenroll_a_live_pod(capture: Capture) {
             .any(|l| l.contains(&spiffe("b")))
     });
     // The node's plaintext to b now goes through ztunnel (inbound capture).
-    let mut from_node = n1.connect(m.pod("b").addr_v4(8080), TIMEOUT).expect("node -> b");
+    let mut from_node = n1
+        .connect(m.pod("b").addr_v4(8080), TIMEOUT)
+        .expect("node -> b");
     from_node.set_read_timeout(Some(TIMEOUT)).expect("timeout");
     ping(&mut from_node, b"captured").expect("node -> b captured");
     drop(from_node);
@@ -819,17 +843,32 @@ fn enroll_and_unenroll_a_live_pod(capture: Capture) {
     }
 
     m.reconfigure(not_b);
-    wait_for("b's listeners gone", || ztunnel_ports_in(m.pod("b")).is_empty());
-    let lines_before = m.z1.log().lines().filter(|l| l.contains("connection complete")).count();
-    let mut from_node = n1.connect(m.pod("b").addr_v4(8080), TIMEOUT).expect("node -> b direct");
+    wait_for("b's listeners gone", || {
+        ztunnel_ports_in(m.pod("b")).is_empty()
+    });
+    let lines_before =
+        m.z1.log()
+            .lines()
+            .filter(|l| l.contains("connection complete"))
+            .count();
+    let mut from_node = n1
+        .connect(m.pod("b").addr_v4(8080), TIMEOUT)
+        .expect("node -> b direct");
     from_node.set_read_timeout(Some(TIMEOUT)).expect("timeout");
     ping(&mut from_node, b"direct again").expect("node -> b direct");
     let s = echo(m.pod("b"), m.pod("c").addr_v4(8080), b"direct").expect("b -> c direct");
     assert_eq!(s.peer_addr().expect("peer"), m.pod("c").addr_v4(8080));
     drop((s, from_node));
     std::thread::sleep(Duration::from_millis(300));
-    let lines_after = m.z1.log().lines().filter(|l| l.contains("connection complete")).count();
-    assert_eq!(lines_before, lines_after, "b's traffic still went through ztunnel");
+    let lines_after =
+        m.z1.log()
+            .lines()
+            .filter(|l| l.contains("connection complete"))
+            .count();
+    assert_eq!(
+        lines_before, lines_after,
+        "b's traffic still went through ztunnel"
+    );
     if capture == Capture::Ebpf {
         assert_eq!(enrolled_gauge(&m.z1), Some(1.0));
     }
@@ -851,7 +890,10 @@ fn ten_thousand_connections_through_capture(capture: Capture) {
                 break;
             };
             let mut buf = [0u8; 8];
-            if c.read_exact(&mut buf).and_then(|()| c.write_all(&buf)).is_ok() {
+            if c.read_exact(&mut buf)
+                .and_then(|()| c.write_all(&buf))
+                .is_ok()
+            {
                 served += 1;
             }
         }
@@ -877,16 +919,33 @@ fn ten_thousand_connections_through_capture(capture: Capture) {
         "{N} connections through {capture:?} capture in {secs:.1}s ({:.0} us each, debug build)",
         secs * 1e6 / N as f64
     );
-    assert!(failures.is_empty(), "{} lost: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} lost: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     assert_eq!(srv.join().expect("server thread"), N, "connections served");
     if capture == Capture::Ebpf {
         let text = m.z1.metrics();
         assert_eq!(
-            metrics::sample(&text, "ztunnel_ebpf_redirects_total", &[("direction", "outbound")]),
+            metrics::sample(
+                &text,
+                "ztunnel_ebpf_redirects_total",
+                &[("direction", "outbound")]
+            ),
             Some(N as f64)
         );
-        assert_eq!(metrics::sample(&text, "ztunnel_ebpf_misses_total", &[]).unwrap_or(0.0), 0.0, "{text}");
-        assert_eq!(metrics::sample(&text, "ztunnel_ebpf_errors_total", &[]).unwrap_or(0.0), 0.0, "{text}");
+        assert_eq!(
+            metrics::sample(&text, "ztunnel_ebpf_misses_total", &[]).unwrap_or(0.0),
+            0.0,
+            "{text}"
+        );
+        assert_eq!(
+            metrics::sample(&text, "ztunnel_ebpf_errors_total", &[]).unwrap_or(0.0),
+            0.0,
+            "{text}"
+        );
     }
 }
 

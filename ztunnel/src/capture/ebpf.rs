@@ -67,7 +67,9 @@ pub enum LoadError {
     Object(#[source] aya::EbpfError),
     #[error("the embedded eBPF object has no {0} (ebpf/capture.bpf.c and the loader disagree)")]
     Missing(&'static str),
-    #[error("cannot load or attach eBPF program {program} (kernel too old, or not permitted): {source}")]
+    #[error(
+        "cannot load or attach eBPF program {program} (kernel too old, or not permitted): {source}"
+    )]
     Program {
         program: &'static str,
         #[source]
@@ -330,14 +332,8 @@ impl State {
                 return Err(e);
             }
         };
-        self.pods.insert(
-            pod.name.clone(),
-            Enrolled {
-                cookie,
-                link,
-                keys,
-            },
-        );
+        self.pods
+            .insert(pod.name.clone(), Enrolled { cookie, link, keys });
         // Last: from here on the pod's outgoing connections are redirected.
         if let Err(e) = self.enrolled.insert(cookie, 1, 0) {
             self.forget(&pod.name);
@@ -456,3 +452,6 @@ impl Backend for Ebpf {
         })))
     }
 }
+
+#[cfg(test)]
+mod tests;

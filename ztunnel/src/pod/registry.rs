@@ -177,14 +177,15 @@ impl Registry {
         let outbound_l = listen(ports.outbound).await?;
         let plaintext_l = listen(ports.inbound_plaintext).await?;
         let hbone_l = listen(ports.hbone).await?;
-        let inbound_listener = plaintext_l
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| Error::Listen {
-                uid: uid.clone(),
-                port: ports.inbound_plaintext,
-                source,
-            })?;
+        let inbound_listener =
+            plaintext_l
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| Error::Listen {
+                    uid: uid.clone(),
+                    port: ports.inbound_plaintext,
+                    source,
+                })?;
         let pod = Arc::new(Pod {
             uid: uid.clone(),
             identity,

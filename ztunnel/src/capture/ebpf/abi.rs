@@ -94,8 +94,14 @@ mod tests {
             .filter_map(|l| l.split([',', ' ', '=']).next())
             .collect();
         assert_eq!(names.len() as u32 - 1, counter::COUNT, "{names:?}");
-        assert_eq!(names[counter::DELIVERY_BYPASSED as usize], "ZT_DELIVERY_BYPASSED");
-        assert_eq!(names[counter::ERROR_SK_LOOKUP as usize], "ZT_ERROR_SK_LOOKUP");
+        assert_eq!(
+            names[counter::DELIVERY_BYPASSED as usize],
+            "ZT_DELIVERY_BYPASSED"
+        );
+        assert_eq!(
+            names[counter::ERROR_SK_LOOKUP as usize],
+            "ZT_ERROR_SK_LOOKUP"
+        );
     }
 
     #[test]
