@@ -39,9 +39,7 @@ async fn enrolled() -> Env {
         name: format!("test/{}", pair.pod.name),
         netns,
         ips: vec![POD_V4, POD_V6],
-        inbound_listener: Some(Arc::new(
-            inbound.as_fd().try_clone_to_owned().expect("dup"),
-        )),
+        inbound_listener: Some(Arc::new(inbound.as_fd().try_clone_to_owned().expect("dup"))),
     };
     let backend = Ebpf::load(Ports::default(), Marks::default())
         .expect("eBPF capture must load here (root, kernel >= 5.14, cgroup v2)");
@@ -149,7 +147,10 @@ async fn unenroll_leaves_nothing_behind() {
     let env = enrolled().await;
     assert_eq!(env.backend.sample().enrolled_namespaces, 1);
     env.backend.unenroll(&env.pod).await.expect("unenroll");
-    env.backend.unenroll(&env.pod).await.expect("unenroll twice");
+    env.backend
+        .unenroll(&env.pod)
+        .await
+        .expect("unenroll twice");
     assert!(env.backend.enrolled().is_empty());
     assert_eq!(env.backend.sample().enrolled_namespaces, 0);
     // Both directions are direct again.
