@@ -34,6 +34,24 @@ struct Opts {
     drain_timeout: &'static str,
     /// Raw YAML lines added to the node settings.
     settings: String,
+    /// The capture backend both ztunnels use (a node setting: kept across reconfigurations).
+    capture: Capture,
+}
+
+/// Capture backends every case runs under; a backend that cannot start fails the case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Capture {
+    Ebpf,
+    Nftables,
+}
+
+impl Capture {
+    fn setting(self) -> &'static str {
+        match self {
+            Capture::Ebpf => "ebpf",
+            Capture::Nftables => "nftables",
+        }
+    }
 }
 
 impl Default for Opts {
@@ -47,6 +65,7 @@ impl Default for Opts {
             separate_ca: false,
             drain_timeout: "5s",
             settings: String::new(),
+            capture: Capture::Ebpf,
         }
     }
 }
@@ -70,10 +89,11 @@ fn render(topo: &Topology, dir: &Path, node: u8, o: &Opts) -> String {
         dir.join("state")
     };
     let mut y = format!(
-        "trustDomain: {TD}\nstateDir: {}\ncertificateTtl: {}\ndrainTimeout: {}\n",
+        "trustDomain: {TD}\nstateDir: {}\ncertificateTtl: {}\ndrainTimeout: {}\ncapture: {}\n",
         state.display(),
         o.ttl,
-        o.drain_timeout
+        o.drain_timeout,
+        o.capture.setting()
     );
     y.push_str(&o.settings);
     y.push_str("workloads:\n");
@@ -114,7 +134,8 @@ fn render(topo: &Topology, dir: &Path, node: u8, o: &Opts) -> String {
 }
 
 impl Mesh {
-    fn start(opts: Opts) -> Mesh {
+    fn start(capture: Capture, mut opts: Opts) -> Mesh {
+        opts.capture = capture;
         require_root().expect("e2e prerequisites");
         let topo = Topology::create().expect("topology");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -132,6 +153,15 @@ impl Mesh {
         let mut z2 = Ztunnel::start(topo.node(2), &config_path(dir.path(), 2), "n2", &[])
             .expect("start ztunnel n2");
         z2.wait_ready(TIMEOUT).expect("ztunnel n2 ready");
+        if capture == Capture::Ebpf {
+            for z in [&z1, &z2] {
+                assert!(
+                    z.log().contains("capturing with eBPF"),
+                    "ztunnel did not capture with eBPF:\n{}",
+                    z.log()
+                );
+            }
+        }
         Mesh {
             topo,
             dir,
@@ -146,7 +176,8 @@ impl Mesh {
     }
 
     /// Rewrites both nodes' files and waits until both daemons report the reload.
-    fn reconfigure(&mut self, opts: Opts) {
+    fn reconfigure(&mut self, mut opts: Opts) {
+        opts.capture = self.opts.capture;
         let before = (
             count(&self.z1.log(), "configuration reloaded"),
             count(&self.z2.log(), "configuration reloaded"),
@@ -224,9 +255,8 @@ fn vip(port: u16) -> SocketAddr {
     SocketAddr::new(VIP.parse().expect("vip"), port)
 }
 
-#[test]
-fn pod_to_pod_same_node_and_across_nodes_with_identities() {
-    let m = Mesh::start(Opts::default());
+fn pod_to_pod_same_node_and_across_nodes_with_identities(capture: Capture) {
+    let m = Mesh::start(capture, Opts::default());
     let b_srv = EchoServer::start(m.pod("b"), 8080).expect("echo b");
     let c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     let a = m.pod("a");
@@ -277,9 +307,8 @@ fn pod_to_pod_same_node_and_across_nodes_with_identities() {
     );
 }
 
-#[test]
-fn service_vip_uses_both_endpoints() {
-    let m = Mesh::start(Opts::default());
+fn service_vip_uses_both_endpoints(capture: Capture) {
+    let m = Mesh::start(capture, Opts::default());
     let c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     let d_srv = EchoServer::start(m.pod("d"), 8080).expect("echo d");
     for i in 0..6 {
@@ -293,9 +322,8 @@ fn service_vip_uses_both_endpoints() {
     assert_eq!(c_srv.connections() + d_srv.connections(), 7);
 }
 
-#[test]
-fn bytes_between_nodes_are_tls_only() {
-    let m = Mesh::start(Opts::default());
+fn bytes_between_nodes_are_tls_only(capture: Capture) {
+    let m = Mesh::start(capture, Opts::default());
     let _c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     let n1 = m.topo.node(1);
     let cap = PacketCapture::start(&n1.netns_path, &n1.link_iface).expect("capture");
@@ -325,14 +353,13 @@ fn bytes_between_nodes_are_tls_only() {
     );
 }
 
-#[test]
-fn destination_presenting_wrong_identity_is_refused() {
+fn destination_presenting_wrong_identity_is_refused(capture: Capture) {
     // n1 believes c runs as sa "c"; n2 (where c lives) gives it sa "impostor".
     let opts = Opts {
         service_accounts: vec![(2, "c", "impostor")],
         ..Opts::default()
     };
-    let m = Mesh::start(opts);
+    let m = Mesh::start(capture, opts);
     let c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     assert_refused(m.pod("a"), m.pod("c").addr_v4(8080));
     assert_eq!(c_srv.connections(), 0, "the app was reached");
@@ -350,13 +377,12 @@ fn destination_presenting_wrong_identity_is_refused() {
     echo(m.pod("a"), m.pod("d").addr_v4(8080), b"still works").expect("a -> d");
 }
 
-#[test]
-fn peers_of_another_ca_are_refused() {
+fn peers_of_another_ca_are_refused(capture: Capture) {
     let opts = Opts {
         separate_ca: true,
         ..Opts::default()
     };
-    let m = Mesh::start(opts);
+    let m = Mesh::start(capture, opts);
     let c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     assert_refused(m.pod("a"), m.pod("c").addr_v4(8080));
     assert_eq!(c_srv.connections(), 0);
@@ -374,15 +400,14 @@ fn peers_of_another_ca_are_refused() {
     echo(m.pod("a"), m.pod("b").addr_v4(8080), b"same node").expect("a -> b");
 }
 
-#[test]
-fn allow_and_deny_policies_and_closing_live_connections() {
+fn allow_and_deny_policies_and_closing_live_connections(capture: Capture) {
     let allow_a = "  - name: c-from-a\n    namespace: default\n    selector: {app: c}\n    action: ALLOW\n    rules:\n      - from:\n          - source: {principals: [cluster.local/ns/default/sa/a]}\n";
     let deny_d_8080 = "  - name: d-not-8080\n    namespace: default\n    selector: {app: d}\n    action: DENY\n    rules:\n      - from:\n          - source: {namespaces: [default]}\n        to:\n          - operation: {ports: [8080]}\n";
     let opts = Opts {
         policies: format!("{allow_a}{deny_d_8080}"),
         ..Opts::default()
     };
-    let mut m = Mesh::start(opts.clone());
+    let mut m = Mesh::start(capture, opts.clone());
     let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     let _d = EchoServer::start(m.pod("d"), 8080).expect("echo d");
     let _d2 = EchoServer::start(m.pod("d"), 9090).expect("echo d 9090");
@@ -425,14 +450,13 @@ fn allow_and_deny_policies_and_closing_live_connections() {
     assert_refused(m.pod("a"), m.pod("c").addr_v4(8080));
 }
 
-#[test]
-fn strict_mtls_rejects_plaintext() {
+fn strict_mtls_rejects_plaintext(capture: Capture) {
     // d is outside the mesh: its connections reach c without a tunnel.
     let opts = Opts {
         workloads: vec![("a", true), ("b", true), ("c", true), ("d", false)],
         ..Opts::default()
     };
-    let mut m = Mesh::start(opts.clone());
+    let mut m = Mesh::start(capture, opts.clone());
     let c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     echo(
         m.pod("d"),
@@ -458,9 +482,8 @@ fn strict_mtls_rejects_plaintext() {
     echo(m.pod("a"), m.pod("c").addr_v4(8080), b"mtls still fine").expect("a -> c under STRICT");
 }
 
-#[test]
-fn metrics_count_connections_and_bytes() {
-    let m = Mesh::start(Opts::default());
+fn metrics_count_connections_and_bytes(capture: Capture) {
+    let m = Mesh::start(capture, Opts::default());
     let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     const N: usize = 5;
     const BYTES: u64 = 10_000;
@@ -526,9 +549,8 @@ fn metrics_count_connections_and_bytes() {
     );
 }
 
-#[test]
-fn reload_with_a_bad_file_keeps_the_last_good_state() {
-    let mut m = Mesh::start(Opts::default());
+fn reload_with_a_bad_file_keeps_the_last_good_state(capture: Capture) {
+    let mut m = Mesh::start(capture, Opts::default());
     let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     let before = m.z1.admin_get("/config_dump").expect("config_dump");
     assert_eq!(before.0, 200);
@@ -558,12 +580,14 @@ fn reload_with_a_bad_file_keeps_the_last_good_state() {
     assert_refused(m.pod("a"), m.pod("c").addr_v4(8080));
 }
 
-#[test]
-fn certificate_renewal_keeps_long_lived_connections() {
-    let m = Mesh::start(Opts {
-        ttl: "4s",
-        ..Opts::default()
-    });
+fn certificate_renewal_keeps_long_lived_connections(capture: Capture) {
+    let m = Mesh::start(
+        capture,
+        Opts {
+            ttl: "4s",
+            ..Opts::default()
+        },
+    );
     let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     let mut s = echo(m.pod("a"), m.pod("c").addr_v4(8080), b"first").expect("a -> c");
     let serials = |z: &Ztunnel| {
@@ -593,13 +617,15 @@ fn certificate_renewal_keeps_long_lived_connections() {
     echo(m.pod("a"), m.pod("c").addr_v4(8080), b"after renewal").expect("new connection");
 }
 
-#[test]
-fn unknown_destination_is_passed_through() {
+fn unknown_destination_is_passed_through(capture: Capture) {
     // d is in no configuration: an address the mesh does not know.
-    let m = Mesh::start(Opts {
-        workloads: vec![("a", true), ("b", true), ("c", true)],
-        ..Opts::default()
-    });
+    let m = Mesh::start(
+        capture,
+        Opts {
+            workloads: vec![("a", true), ("b", true), ("c", true)],
+            ..Opts::default()
+        },
+    );
     let d_srv = EchoServer::start(m.pod("d"), 7000).expect("echo d");
     echo(m.pod("a"), m.pod("d").addr_v4(7000), b"plain tcp").expect("a -> unknown d");
     assert_eq!(
@@ -613,9 +639,8 @@ fn unknown_destination_is_passed_through() {
     });
 }
 
-#[test]
-fn one_gibibyte_arrives_byte_exact() {
-    let m = Mesh::start(Opts::default());
+fn one_gibibyte_arrives_byte_exact(capture: Capture) {
+    let m = Mesh::start(capture, Opts::default());
     let sink = SinkServer::start(m.pod("c"), 8080).expect("sink c");
     let mut s = m
         .pod("a")
@@ -637,9 +662,8 @@ fn one_gibibyte_arrives_byte_exact() {
     assert!(got[0].intact && got[0].complete, "{:?}", got[0]);
 }
 
-#[test]
-fn sigterm_drains_open_connections() {
-    let mut m = Mesh::start(Opts::default());
+fn sigterm_drains_open_connections(capture: Capture) {
+    let mut m = Mesh::start(capture, Opts::default());
     let _b = EchoServer::start(m.pod("b"), 8080).expect("echo b");
     let mut s = echo(m.pod("a"), m.pod("b").addr_v4(8080), b"before").expect("a -> b");
     m.z1.sigterm().expect("sigterm");
@@ -670,9 +694,8 @@ fn in_node(m: &Mesh, node: u8, cmd: &str) -> std::process::Output {
         .expect("run command in node namespace")
 }
 
-#[test]
-fn bad_peers_fail_alone_and_are_counted() {
-    let m = Mesh::start(Opts::default());
+fn bad_peers_fail_alone_and_are_counted(capture: Capture) {
+    let m = Mesh::start(capture, Opts::default());
     let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     let hbone = SocketAddr::new(m.pod("c").ipv4.into(), 15008);
     let rejected_tls = |m: &Mesh| {
@@ -749,9 +772,8 @@ fn bad_peers_fail_alone_and_are_counted() {
     assert!(m.z2.log().contains("inbound TLS handshake failed"));
 }
 
-#[test]
-fn a_reload_that_does_not_affect_a_connection_keeps_it() {
-    let mut m = Mesh::start(Opts::default());
+fn a_reload_that_does_not_affect_a_connection_keeps_it(capture: Capture) {
+    let mut m = Mesh::start(capture, Opts::default());
     let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     let mut s = echo(m.pod("a"), m.pod("c").addr_v4(8080), b"before").expect("a -> c");
     // A new policy that does not concern a -> c, and d leaves the mesh.
@@ -764,12 +786,14 @@ fn a_reload_that_does_not_affect_a_connection_keeps_it() {
     assert_refused(m.pod("b"), m.pod("c").addr_v4(8080));
 }
 
-#[test]
-fn admin_endpoints_and_json_access_log() {
-    let mut m = Mesh::start(Opts {
-        settings: "logFormat: json\n".into(),
-        ..Opts::default()
-    });
+fn admin_endpoints_and_json_access_log(capture: Capture) {
+    let mut m = Mesh::start(
+        capture,
+        Opts {
+            settings: "logFormat: json\n".into(),
+            ..Opts::default()
+        },
+    );
     let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
     echo(m.pod("a"), m.pod("c").addr_v4(8080), b"json").expect("a -> c");
 
@@ -826,3 +850,305 @@ fn admin_endpoints_and_json_access_log() {
             .expect("ztunnel exits after quitquitquit");
     assert!(exit.success(), "{exit:?}");
 }
+/// The app's view of a captured connection is the one it asked for: getpeername returns the
+/// intended destination, not the redirect target.
+fn app_sees_its_intended_peer(capture: Capture) {
+    let m = Mesh::start(capture, Opts::default());
+    let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    for target in [m.pod("c").addr_v4(8080), m.pod("c").addr_v6(8080), vip(80)] {
+        let s = echo(m.pod("a"), target, b"who are you").expect("a -> c");
+        assert_eq!(s.peer_addr().expect("getpeername"), target);
+    }
+    if capture == Capture::Ebpf {
+        let text = m.z1.metrics();
+        let sample = |name| metrics::sample(&text, name, &[]).unwrap_or(0.0);
+        assert!(
+            sample("ztunnel_ebpf_peername_rewritten_total") >= 3.0,
+            "{text}"
+        );
+        assert!(
+            sample("ztunnel_ebpf_original_dst_answered_total") >= 3.0,
+            "{text}"
+        );
+        assert_eq!(
+            metrics::sample(
+                &text,
+                "ztunnel_ebpf_redirects_total",
+                &[("direction", "outbound")]
+            ),
+            Some(3.0),
+            "{text}"
+        );
+        for program in ["sockops", "getsockopt"] {
+            assert_eq!(
+                metrics::sample(&text, "ztunnel_ebpf_misses_total", &[("program", program)]),
+                Some(0.0),
+                "{text}"
+            );
+        }
+    }
+}
+
+/// A pod on the same node that is not enrolled keeps plain networking both ways, and ztunnel
+/// neither sees nor counts its connections.
+fn non_enrolled_pod_is_untouched(capture: Capture) {
+    let m = Mesh::start(
+        capture,
+        Opts {
+            workloads: vec![("a", true), ("b", false), ("c", true), ("d", true)],
+            ..Opts::default()
+        },
+    );
+    let n1 = m.topo.node(1);
+    let node_srv = EchoServer::serve(
+        n1.listen(SocketAddr::new(n1.link_ipv4.into(), 7000))
+            .expect("node listener"),
+    )
+    .expect("echo on node");
+    let b_srv = EchoServer::start(m.pod("b"), 8080).expect("echo b");
+    let before = m.z1.metrics();
+    // b -> its node, and the node -> b: straight, from and to b's own address.
+    let s = echo(m.pod("b"), node_srv_addr(n1), b"not captured").expect("b -> node");
+    assert_eq!(s.peer_addr().expect("peer"), node_srv_addr(n1));
+    assert_eq!(
+        node_srv.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
+        vec![IpAddr::from(m.pod("b").ipv4)]
+    );
+    let mut from_node = n1
+        .connect(m.pod("b").addr_v4(8080), TIMEOUT)
+        .expect("node -> b");
+    from_node.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    ping(&mut from_node, b"node to b").expect("node -> b echo");
+    assert_eq!(
+        b_srv.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
+        vec![IpAddr::from(mesh_tests::topology::gateway_v4(1))]
+    );
+    let after = m.z1.metrics();
+    for name in [
+        "istio_tcp_connections_opened_total",
+        "ztunnel_ebpf_redirects_total",
+    ] {
+        let total = |text: &str| metrics::sample(text, name, &[]).unwrap_or(0.0);
+        assert_eq!(total(&before), total(&after), "{name} moved:\n{after}");
+    }
+    assert!(
+        access_lines(&m.z1.log(), "").is_empty(),
+        "ztunnel logged a connection: {}",
+        m.z1.log()
+    );
+}
+
+fn node_srv_addr(n: &mesh_tests::Node) -> SocketAddr {
+    SocketAddr::new(n.link_ipv4.into(), 7000)
+}
+
+/// Listeners of pod `b` inside its namespace (`ss` there), e.g. [15001, 15006, 15008].
+fn ztunnel_ports_in(pod: &Pod) -> Vec<u16> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &pod.netns, "ss", "-Hltn"])
+        .output()
+        .expect("run ss in the pod");
+    assert!(out.status.success(), "ss failed: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut ports: Vec<u16> = text
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(3)?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .filter(|p| [15001, 15006, 15008].contains(p))
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// Enrolling a running pod by a configuration change captures it at once; unenrolling it
+/// leaves no listener, capture entry or redirect behind.
+fn enroll_and_unenroll_a_live_pod(capture: Capture) {
+    let not_b = Opts {
+        workloads: vec![("a", true), ("b", false), ("c", true), ("d", true)],
+        ..Opts::default()
+    };
+    let mut m = Mesh::start(capture, not_b.clone());
+    let _b = EchoServer::start(m.pod("b"), 8080).expect("echo b");
+    let n1 = m.topo.node(1).clone();
+    let enrolled_gauge =
+        |z: &Ztunnel| metrics::sample(&z.metrics(), "ztunnel_ebpf_enrolled_namespaces", &[]);
+    assert_eq!(ztunnel_ports_in(m.pod("b")), Vec::<u16>::new());
+    if capture == Capture::Ebpf {
+        assert_eq!(enrolled_gauge(&m.z1), Some(1.0));
+    }
+
+    m.reconfigure(Opts::default());
+    wait_for("b's listeners", || {
+        ztunnel_ports_in(m.pod("b")) == [15001, 15006, 15008]
+    });
+    let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    echo(m.pod("b"), m.pod("c").addr_v4(8080), b"b enrolled").expect("b -> c");
+    wait_for("b's outbound in the access log", || {
+        access_lines(&m.z1.log(), "outbound")
+            .iter()
+            .any(|l| l.contains(&spiffe("b")))
+    });
+    // The node's plaintext to b now goes through ztunnel (inbound capture).
+    let mut from_node = n1
+        .connect(m.pod("b").addr_v4(8080), TIMEOUT)
+        .expect("node -> b");
+    from_node.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    ping(&mut from_node, b"captured").expect("node -> b captured");
+    drop(from_node);
+    wait_for("node -> b in the access log", || {
+        access_lines(&m.z1.log(), "inbound")
+            .iter()
+            .any(|l| l.contains("10.201.1.1"))
+    });
+    if capture == Capture::Ebpf {
+        assert_eq!(enrolled_gauge(&m.z1), Some(2.0));
+    }
+
+    m.reconfigure(not_b);
+    wait_for("b's listeners gone", || {
+        ztunnel_ports_in(m.pod("b")).is_empty()
+    });
+    let lines_before =
+        m.z1.log()
+            .lines()
+            .filter(|l| l.contains("connection complete"))
+            .count();
+    let mut from_node = n1
+        .connect(m.pod("b").addr_v4(8080), TIMEOUT)
+        .expect("node -> b direct");
+    from_node.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    ping(&mut from_node, b"direct again").expect("node -> b direct");
+    let s = echo(m.pod("b"), m.pod("c").addr_v4(8080), b"direct").expect("b -> c direct");
+    assert_eq!(s.peer_addr().expect("peer"), m.pod("c").addr_v4(8080));
+    drop((s, from_node));
+    std::thread::sleep(Duration::from_millis(300));
+    let lines_after =
+        m.z1.log()
+            .lines()
+            .filter(|l| l.contains("connection complete"))
+            .count();
+    assert_eq!(
+        lines_before, lines_after,
+        "b's traffic still went through ztunnel"
+    );
+    if capture == Capture::Ebpf {
+        assert_eq!(enrolled_gauge(&m.z1), Some(1.0));
+    }
+}
+
+/// Ten thousand short connections through capture (passthrough to an address outside the
+/// mesh), each with a round trip: none may be lost.
+fn ten_thousand_connections_through_capture(capture: Capture) {
+    const N: usize = 10_000;
+    let m = Mesh::start(capture, Opts::default());
+    let n1 = m.topo.node(1);
+    // A blocking server that ends after N connections (EchoServer polls accept every 10 ms,
+    // which would be all this test measures).
+    let listener = n1.listen(node_srv_addr(n1)).expect("node listener");
+    let srv = std::thread::spawn(move || {
+        let mut served = 0;
+        for _ in 0..N {
+            let Ok((mut c, _)) = listener.accept() else {
+                break;
+            };
+            let mut buf = [0u8; 8];
+            if c.read_exact(&mut buf)
+                .and_then(|()| c.write_all(&buf))
+                .is_ok()
+            {
+                served += 1;
+            }
+        }
+        served
+    });
+    let target = node_srv_addr(n1);
+    let start = Instant::now();
+    let failures = m.pod("a").run(|| {
+        let mut failures = Vec::new();
+        for i in 0..N {
+            let r = TcpStream::connect_timeout(&target, TIMEOUT).and_then(|mut s| {
+                s.set_read_timeout(Some(TIMEOUT))?;
+                ping(&mut s, &(i as u64).to_be_bytes())
+            });
+            if let Err(e) = r {
+                failures.push(format!("connection {i}: {e}"));
+            }
+        }
+        failures
+    });
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "{N} connections through {capture:?} capture in {secs:.1}s ({:.0} us each, debug build)",
+        secs * 1e6 / N as f64
+    );
+    assert!(
+        failures.is_empty(),
+        "{} lost: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(srv.join().expect("server thread"), N, "connections served");
+    if capture == Capture::Ebpf {
+        let text = m.z1.metrics();
+        assert_eq!(
+            metrics::sample(
+                &text,
+                "ztunnel_ebpf_redirects_total",
+                &[("direction", "outbound")]
+            ),
+            Some(N as f64)
+        );
+        assert_eq!(
+            metrics::sample(&text, "ztunnel_ebpf_misses_total", &[]).unwrap_or(0.0),
+            0.0,
+            "{text}"
+        );
+        assert_eq!(
+            metrics::sample(&text, "ztunnel_ebpf_errors_total", &[]).unwrap_or(0.0),
+            0.0,
+            "{text}"
+        );
+    }
+}
+
+/// Every case above, once per capture backend: `ebpf::<case>` and `nftables::<case>`.
+macro_rules! under_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod ebpf {
+            $( #[test] fn $case() { super::$case(super::Capture::Ebpf) } )*
+        }
+        mod nftables {
+            $( #[test] fn $case() { super::$case(super::Capture::Nftables) } )*
+        }
+    };
+}
+
+under_both_backends!(
+    pod_to_pod_same_node_and_across_nodes_with_identities,
+    service_vip_uses_both_endpoints,
+    bytes_between_nodes_are_tls_only,
+    destination_presenting_wrong_identity_is_refused,
+    peers_of_another_ca_are_refused,
+    allow_and_deny_policies_and_closing_live_connections,
+    strict_mtls_rejects_plaintext,
+    metrics_count_connections_and_bytes,
+    reload_with_a_bad_file_keeps_the_last_good_state,
+    certificate_renewal_keeps_long_lived_connections,
+    unknown_destination_is_passed_through,
+    one_gibibyte_arrives_byte_exact,
+    sigterm_drains_open_connections,
+    app_sees_its_intended_peer,
+    non_enrolled_pod_is_untouched,
+    enroll_and_unenroll_a_live_pod,
+    ten_thousand_connections_through_capture,
+    bad_peers_fail_alone_and_are_counted,
+    a_reload_that_does_not_affect_a_connection_keeps_it,
+    admin_endpoints_and_json_access_log,
+);

@@ -61,20 +61,7 @@ pub async fn run(config_path: &Path, node: &str) -> anyhow::Result<()> {
         tasks: TaskTracker::new(),
     });
 
-    let backend: Option<Arc<dyn Backend>> = match config.capture {
-        CaptureMode::Nftables => Some(Arc::new(capture::Nftables::new(
-            capture::Ports {
-                outbound: config.listeners.outbound,
-                inbound_plaintext: config.listeners.inbound_plaintext,
-                hbone: config.listeners.hbone,
-            },
-            capture::Marks {
-                bypass: config.socket_mark,
-                delivery: config.delivery_mark,
-            },
-        ))),
-        CaptureMode::None => None,
-    };
+    let backend = capture_backend(&config, &ctx)?;
     let registry = Arc::new(Registry::new(ctx.clone(), backend));
     let admin = Arc::new(Admin {
         ctx: ctx.clone(),
@@ -131,6 +118,43 @@ pub async fn run(config_path: &Path, node: &str) -> anyhow::Result<()> {
     drain(&ctx, &admin, &registry).await;
     endpoints_stop.cancel();
     Ok(())
+}
+
+/// The configured capture backend. `auto` prefers eBPF and falls back to nftables with one log
+/// line saying why; an explicit `ebpf` that cannot load stops ztunnel.
+fn capture_backend(config: &Config, ctx: &Context) -> anyhow::Result<Option<Arc<dyn Backend>>> {
+    let ports = capture::Ports {
+        outbound: config.listeners.outbound,
+        inbound_plaintext: config.listeners.inbound_plaintext,
+        hbone: config.listeners.hbone,
+    };
+    let marks = capture::Marks {
+        bypass: config.socket_mark,
+        delivery: config.delivery_mark,
+    };
+    let ebpf = |ebpf: capture::Ebpf| -> Arc<dyn Backend> {
+        let ebpf = Arc::new(ebpf);
+        tracing::info!(cgroup = %ebpf.cgroup().display(), "capturing with eBPF");
+        let source = ebpf.clone();
+        ctx.metrics
+            .set_ebpf_source(Box::new(move || source.sample()));
+        ebpf
+    };
+    let nftables = || -> Arc<dyn Backend> { Arc::new(capture::Nftables::new(ports, marks)) };
+    Ok(match config.capture {
+        CaptureMode::Auto => match capture::Ebpf::load(ports, marks) {
+            Ok(loaded) => Some(ebpf(loaded)),
+            Err(e) => {
+                tracing::warn!(reason = %e, "eBPF capture unavailable; capturing with nftables");
+                Some(nftables())
+            }
+        },
+        CaptureMode::Ebpf => Some(ebpf(
+            capture::Ebpf::load(ports, marks).context("loading eBPF capture (capture: ebpf)")?,
+        )),
+        CaptureMode::Nftables => Some(nftables()),
+        CaptureMode::None => None,
+    })
 }
 
 /// Applies every new snapshot: pods to start or stop, connections policy no longer allows.

@@ -3,18 +3,22 @@
 //! A backend makes the kernel of an enrolled pod's namespace hand the pod's TCP connections to
 //! ztunnel's listeners in that namespace: outgoing ones to `Ports::outbound`, incoming plaintext
 //! ones to `Ports::inbound_plaintext`, while HBONE (`Ports::hbone`) and ztunnel's own marked
-//! sockets pass untouched. nftables is the first implementation; eBPF can be another, so nothing
-//! nftables-specific belongs in [`Backend`].
+//! sockets pass untouched. Two implementations: [`Ebpf`] (the default) and [`Nftables`] (the
+//! fallback); nothing specific to either belongs in [`Backend`].
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
 use crate::netns::Netns;
 
+pub mod ebpf;
 mod nftables;
+mod routing;
 
+pub use ebpf::Ebpf;
 pub use nftables::Nftables;
 
 /// A pod as the capture backend sees it.
@@ -24,6 +28,9 @@ pub struct Pod {
     pub name: String,
     pub netns: Arc<Netns>,
     pub ips: Vec<IpAddr>,
+    /// ztunnel's inbound plaintext listener in the pod (a duplicate descriptor), for backends
+    /// that hand connections to it directly rather than by rewriting addresses.
+    pub inbound_listener: Option<Arc<OwnedFd>>,
 }
 
 /// Ports of ztunnel's listeners inside each pod namespace.
@@ -91,6 +98,34 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("eBPF capture for pod {pod}: cannot {action}: {reason}")]
+    Ebpf {
+        pod: String,
+        action: &'static str,
+        reason: String,
+    },
+}
+
+/// While held, the backend lets one connection of ztunnel's own (identified by its source
+/// address) reach the app untouched; dropped once the connection is established.
+pub struct Exemption {
+    release: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Exemption {
+    pub fn new(release: impl FnOnce() + Send + 'static) -> Self {
+        Exemption {
+            release: Some(Box::new(release)),
+        }
+    }
+}
+
+impl Drop for Exemption {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
 }
 
 /// Installs and removes traffic capture for pods. Both operations are idempotent: enrolling an
@@ -99,4 +134,12 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     fn enroll<'a>(&'a self, pod: &'a Pod) -> BoxFuture<'a, Result<(), Error>>;
     fn unenroll<'a>(&'a self, pod: &'a Pod) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Called before ztunnel connects from `source` (already bound) to an app in a captured
+    /// pod. Backends whose inbound capture cannot see socket marks return an [`Exemption`] that
+    /// must be held until the connection is established.
+    fn exempt_delivery(&self, source: SocketAddr) -> Result<Option<Exemption>, Error> {
+        let _ = source;
+        Ok(None)
+    }
 }

@@ -23,6 +23,10 @@ use crate::state::Snapshot;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CaptureMode {
+    /// eBPF when this kernel and these privileges allow it, else nftables (logged once, with why).
+    Auto,
+    /// cgroup connect/sockops/getsockopt programs at the cgroup v2 root plus sk_lookup per pod.
+    Ebpf,
     Nftables,
     /// Leave redirection to someone else (tests of the proxies alone, or a CNI that redirects).
     None,
@@ -132,7 +136,7 @@ impl Config {
             socket_mark: 0x539,
             delivery_mark: 0x53a,
             preserve_source_ip: true,
-            capture: CaptureMode::Nftables,
+            capture: CaptureMode::Auto,
             log_format: LogFormat::Text,
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
@@ -243,11 +247,13 @@ fn settings(r: &mut Reader, top: &mut Object<'_>, c: &mut Config, base: &Path) {
     }
     if let Some((p, v)) = top.get("capture") {
         match r.string(&p, v).as_deref() {
+            Some("auto") => c.capture = CaptureMode::Auto,
+            Some("ebpf") => c.capture = CaptureMode::Ebpf,
             Some("nftables") => c.capture = CaptureMode::Nftables,
             Some("none") => c.capture = CaptureMode::None,
             Some(other) => r.error(
                 &p,
-                format!("{other:?} is not a capture backend (nftables, none)"),
+                format!("{other:?} is not a capture backend (auto, ebpf, nftables, none)"),
             ),
             None => {}
         }

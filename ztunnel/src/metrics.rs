@@ -7,6 +7,8 @@ pub mod labels;
 pub use connection::ConnectionGuard;
 pub use labels::{ConnectionLabels, Reporter, ResponseFlags, SecurityPolicy};
 
+use std::sync::{Mutex, OnceLock, PoisonError};
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -67,6 +69,128 @@ struct IdentityLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ProgramLabels {
+    program: String,
+}
+
+/// Counters of the eBPF capture programs as read from the kernel: cumulative since ztunnel
+/// loaded them, each with its label value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EbpfSample {
+    /// By direction: `outbound` (connect rewritten), `inbound` (sk_lookup steered).
+    pub redirects: Vec<(&'static str, u64)>,
+    /// By program: a redirected connection whose original destination was not found.
+    pub misses: Vec<(&'static str, u64)>,
+    /// By program: a map update or socket assignment the kernel refused.
+    pub errors: Vec<(&'static str, u64)>,
+    pub original_dst_answered: u64,
+    pub peername_rewritten: u64,
+    pub delivery_bypassed: u64,
+    /// Pod namespaces whose traffic the programs capture now.
+    pub enrolled_namespaces: i64,
+}
+
+/// Reads an [`EbpfSample`]; set once by the eBPF capture backend.
+pub type EbpfSource = Box<dyn Fn() -> EbpfSample + Send + Sync>;
+
+#[derive(Default)]
+struct EbpfMetrics {
+    source: OnceLock<EbpfSource>,
+    /// Serializes refreshes, which turn absolute kernel values into counter increments.
+    refresh: Mutex<()>,
+    redirects: Family<DirectionLabels, Counter>,
+    misses: Family<ProgramLabels, Counter>,
+    errors: Family<ProgramLabels, Counter>,
+    original_dst_answered: Counter,
+    peername_rewritten: Counter,
+    delivery_bypassed: Counter,
+    enrolled_namespaces: Gauge,
+}
+
+impl std::fmt::Debug for EbpfMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EbpfMetrics")
+            .field("source", &self.source.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EbpfMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "ztunnel_ebpf_redirects",
+            "Connections the eBPF capture programs redirected, by direction",
+            self.redirects.clone(),
+        );
+        registry.register(
+            "ztunnel_ebpf_misses",
+            "Redirected connections whose original destination the eBPF programs did not find",
+            self.misses.clone(),
+        );
+        registry.register(
+            "ztunnel_ebpf_errors",
+            "Map updates or socket assignments the kernel refused to the eBPF programs",
+            self.errors.clone(),
+        );
+        registry.register(
+            "ztunnel_ebpf_original_dst_answered",
+            "SO_ORIGINAL_DST queries answered by the eBPF getsockopt program",
+            self.original_dst_answered.clone(),
+        );
+        registry.register(
+            "ztunnel_ebpf_peername_rewritten",
+            "getpeername calls of captured apps shown their intended peer",
+            self.peername_rewritten.clone(),
+        );
+        registry.register(
+            "ztunnel_ebpf_delivery_bypassed",
+            "ztunnel's own deliveries to apps let past the inbound sk_lookup program",
+            self.delivery_bypassed.clone(),
+        );
+        registry.register(
+            "ztunnel_ebpf_enrolled_namespaces",
+            "Pod network namespaces the eBPF programs capture",
+            self.enrolled_namespaces.clone(),
+        );
+    }
+
+    fn refresh(&self) {
+        let Some(source) = self.source.get() else {
+            return;
+        };
+        let _serial = self.refresh.lock().unwrap_or_else(PoisonError::into_inner);
+        let sample = source();
+        let advance = |c: &Counter, value: u64| {
+            // The kernel's values only grow; a counter never goes back.
+            c.inc_by(value.saturating_sub(c.get()));
+        };
+        for (direction, v) in sample.redirects {
+            let labels = DirectionLabels {
+                direction: direction.into(),
+            };
+            advance(&self.redirects.get_or_create(&labels), v);
+        }
+        for (family, values) in [(&self.misses, sample.misses), (&self.errors, sample.errors)] {
+            for (program, v) in values {
+                let labels = ProgramLabels {
+                    program: program.into(),
+                };
+                advance(&family.get_or_create(&labels), v);
+            }
+        }
+        advance(&self.original_dst_answered, sample.original_dst_answered);
+        advance(&self.peername_rewritten, sample.peername_rewritten);
+        advance(&self.delivery_bypassed, sample.delivery_bypassed);
+        self.enrolled_namespaces.set(sample.enrolled_namespaces);
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
 }
@@ -86,6 +210,7 @@ pub struct Metrics {
     pool_connections: Gauge,
     pool_streams: Gauge,
     inbound_rejected: Family<RejectLabels, Counter>,
+    ebpf: EbpfMetrics,
 }
 
 impl Default for Metrics {
@@ -165,6 +290,8 @@ impl Metrics {
             "Inbound connections or streams rejected, by reason",
             inbound_rejected.clone(),
         );
+        let ebpf = EbpfMetrics::default();
+        ebpf.register(&mut registry);
         // Info metrics get `_info` appended by the encoder.
         registry.register(
             "ztunnel_build",
@@ -186,7 +313,14 @@ impl Metrics {
             pool_connections,
             pool_streams,
             inbound_rejected,
+            ebpf,
         }
+    }
+
+    /// Exports the eBPF capture counters from now on, read from `source` at every scrape.
+    /// Only the first call has an effect (there is one capture backend per process).
+    pub fn set_ebpf_source(&self, source: EbpfSource) {
+        let _ = self.ebpf.source.set(source);
     }
 
     /// Counts a connection as opened; the guard counts its bytes and its close.
@@ -271,6 +405,7 @@ impl Metrics {
 
     /// The OpenMetrics text exposition of every metric.
     pub fn encode(&self) -> String {
+        self.ebpf.refresh();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

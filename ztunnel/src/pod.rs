@@ -28,6 +28,9 @@ pub struct Pod {
     pub netns: Arc<Netns>,
     /// Cancelled when the pod is removed or ztunnel stops: closes its listeners and connections.
     pub cancel: CancellationToken,
+    /// The capture backend, which ztunnel's own connections to the pod's apps may need to
+    /// ask for an exemption (see [`crate::capture::Backend::exempt_delivery`]).
+    pub capture: Option<Arc<dyn crate::capture::Backend>>,
 }
 
 /// Accepts until the pod is removed or ztunnel drains; each connection becomes a tracked task.

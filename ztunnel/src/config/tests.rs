@@ -143,3 +143,22 @@ fn hex_marks_and_relative_ca_paths() {
     assert_eq!(c.delivery_mark, 513);
     assert_eq!(c.ca.unwrap().root_cert, Path::new("/etc/zt/root.pem"));
 }
+
+#[test]
+fn capture_backends() {
+    assert_eq!(parse_str("").unwrap().config.capture, CaptureMode::Auto);
+    for (text, mode) in [
+        ("auto", CaptureMode::Auto),
+        ("ebpf", CaptureMode::Ebpf),
+        ("nftables", CaptureMode::Nftables),
+        ("none", CaptureMode::None),
+    ] {
+        let loaded = parse_str(&format!("capture: {text}\n")).unwrap();
+        assert_eq!(loaded.config.capture, mode);
+    }
+    let err = parse_str("capture: iptables\n").unwrap_err().to_string();
+    assert!(
+        err.contains("capture") && err.contains("auto, ebpf, nftables, none"),
+        "{err}"
+    );
+}

@@ -23,7 +23,7 @@ pub async fn serve(ctx: Arc<Context>, pod: Arc<Pod>, listener: TcpListener) {
 
 async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, peer: SocketAddr) {
     let start = Instant::now();
-    let orig = match socket::original_dst(&downstream) {
+    let orig = match original_dst(&ctx, &downstream) {
         Ok(a) => crate::pod::normalize(a),
         Err(e) => {
             tracing::warn!(pod = %pod.uid, %peer, error = %e, "inbound plaintext connection without original destination");
@@ -103,4 +103,16 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
     let guard = ctx.metrics.connection(labels);
     let (outcome, moved) = copy::bidirectional(&mut downstream, &mut upstream, &cancel).await;
     summary.finished(guard, outcome, moved);
+}
+
+/// Where the client meant to connect. A connection handed to the listener by eBPF `sk_lookup`
+/// keeps its own destination as the local address; one redirected by nftables arrives at the
+/// listener's port and its destination is in conntrack. A client that dialled the listener port
+/// itself has neither, and its destination is the listener (refused later as a ztunnel port).
+fn original_dst(ctx: &Context, downstream: &TcpStream) -> std::io::Result<SocketAddr> {
+    let local = socket::canonical(downstream.local_addr()?);
+    if local.port() != ctx.config.listeners.inbound_plaintext {
+        return Ok(local);
+    }
+    Ok(socket::original_dst(downstream).unwrap_or(local))
 }

@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -171,21 +172,33 @@ impl Registry {
             }
         };
         // Listeners first, then capture: traffic is redirected only once something accepts it.
+        // (The eBPF backend then attaches sk_lookup and only last marks the namespace enrolled.)
         let ports = &ctx.config.listeners;
         let outbound_l = listen(ports.outbound).await?;
         let plaintext_l = listen(ports.inbound_plaintext).await?;
         let hbone_l = listen(ports.hbone).await?;
+        let inbound_listener =
+            plaintext_l
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| Error::Listen {
+                    uid: uid.clone(),
+                    port: ports.inbound_plaintext,
+                    source,
+                })?;
         let pod = Arc::new(Pod {
             uid: uid.clone(),
             identity,
             ips: w.ips.clone(),
             netns: netns.clone(),
             cancel: ctx.stopped.child_token(),
+            capture: self.capture.clone(),
         });
         let capture_pod = capture::Pod {
             name: uid.0.clone(),
             netns,
             ips: w.ips.clone(),
+            inbound_listener: Some(Arc::new(inbound_listener)),
         };
         if let Some(backend) = &self.capture {
             if let Err(source) = backend.enroll(&capture_pod).await {
@@ -213,7 +226,8 @@ impl Registry {
     }
 
     async fn stop(&self, r: Running) {
-        // Capture off first, so the pod's traffic is never redirected to a closed listener.
+        // Capture off first (in reverse of enrollment), so the pod's traffic is never
+        // redirected to a closed listener; the listeners close last, with the pod.
         if let Some(backend) = &self.capture {
             if let Err(e) = backend.unenroll(&r.capture).await {
                 tracing::warn!(pod = %r.pod.uid, error = %e, "removing capture failed");

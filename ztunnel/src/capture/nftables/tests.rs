@@ -33,6 +33,7 @@ async fn enrolled() -> Enrolled {
         name: format!("test/{}", pair.pod.name),
         netns: pair.pod.open(),
         ips: vec![POD_V4, POD_V6],
+        inbound_listener: None,
     };
     let peer = pair.peer.open();
     let backend = Nftables::new(Ports::default(), Marks::default());

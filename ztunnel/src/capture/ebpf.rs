@@ -1,0 +1,457 @@
+//! Capture with eBPF (the default backend): cgroup programs attached once at the cgroup v2 root
+//! redirect enrolled pods' outgoing connections to their outbound listener, and one `sk_lookup`
+//! link per pod namespace hands incoming connections to its inbound plaintext listener. The
+//! programs are in `ebpf/capture.bpf.c`; see its header comment for how they fit together.
+//!
+//! Every ztunnel process loads its own programs and maps and acts only on the namespaces it
+//! enrolled (keyed by network-namespace cookie), so several ztunnels on one machine coexist:
+//! each one's programs see a plain miss for the others' pods. The links are tied to the process:
+//! when it exits, capture disappears and pods' traffic goes direct (fails open).
+//!
+//! Inbound delivery with the client's own address (`preserveSourceIp`) works as with nftables
+//! minus conntrack: `net.ipv4.tcp_fwmark_accept=1` in the pod makes the app's accepted socket
+//! inherit the delivery mark of ztunnel's SYN, and the shared fwmark rule ([`super::routing`])
+//! routes its replies back to ztunnel's transparent socket.
+
+mod abi;
+mod cgroup;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, SockHash};
+use aya::programs::sk_lookup::SkLookupLinkId;
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr, CgroupSockopt, ProgramError, SkLookup, SockOps,
+};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use self::abi::{counter, Endpoint, Settings};
+use super::{routing, Backend, Error, Exemption, Marks, Pod, Ports};
+use crate::metrics::EbpfSample;
+
+pub use cgroup::OWN_MOUNT as OWN_CGROUP_MOUNT;
+
+/// The object built from `ebpf/capture.bpf.c` by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capture.bpf.o"));
+
+/// `SO_NETNS_COOKIE` (Linux 5.14): the cookie `bpf_get_netns_cookie` returns for a namespace.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+const SOCK_ADDR_PROGRAMS: [&str; 4] = [
+    "zt_connect4",
+    "zt_connect6",
+    "zt_getpeername4",
+    "zt_getpeername6",
+];
+const SK_LOOKUP: &str = "zt_sk_lookup";
+
+/// Why eBPF capture cannot run here; with `capture: auto` ztunnel then uses nftables.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("no cgroup v2 hierarchy to attach to (and mounting one failed): {0}")]
+    Cgroup(#[source] io::Error),
+    #[error("cannot open the cgroup v2 root {path}: {source}")]
+    CgroupOpen {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the kernel refused the eBPF maps (needs root or CAP_BPF + CAP_NET_ADMIN): {0}")]
+    Object(#[source] aya::EbpfError),
+    #[error("the embedded eBPF object has no {0} (ebpf/capture.bpf.c and the loader disagree)")]
+    Missing(&'static str),
+    #[error(
+        "cannot load or attach eBPF program {program} (kernel too old, or not permitted): {source}"
+    )]
+    Program {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("eBPF map {map} is unusable: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// What one enrolled pod put into the kernel, removed in reverse on unenroll.
+struct Enrolled {
+    cookie: u64,
+    link: SkLookupLinkId,
+    keys: Vec<Endpoint>,
+}
+
+struct State {
+    /// Owns the programs and with them every link (cgroup and sk_lookup).
+    bpf: aya::Ebpf,
+    enrolled: BpfHashMap<MapData, u64, u32>,
+    listeners: SockHash<MapData, Endpoint>,
+    pods: HashMap<String, Enrolled>,
+}
+
+pub struct Ebpf {
+    marks: Marks,
+    cgroup: PathBuf,
+    state: Mutex<State>,
+    bypass: Arc<Mutex<BpfHashMap<MapData, Endpoint, u32>>>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for Ebpf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ebpf")
+            .field("cgroup", &self.cgroup)
+            .finish_non_exhaustive()
+    }
+}
+
+fn take<T>(bpf: &mut aya::Ebpf, map: &'static str) -> Result<T, LoadError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let m = bpf.take_map(map).ok_or(LoadError::Missing(map))?;
+    T::try_from(m).map_err(|source| LoadError::Map { map, source })
+}
+
+fn program_error(program: &'static str) -> impl Fn(ProgramError) -> LoadError {
+    move |source| LoadError::Program { program, source }
+}
+
+impl Ebpf {
+    /// Loads the programs and attaches the cgroup ones at the cgroup v2 root (mounting one at
+    /// [`OWN_CGROUP_MOUNT`] if this process sees none). Nothing is captured until a pod enrolls.
+    pub fn load(ports: Ports, marks: Marks) -> Result<Ebpf, LoadError> {
+        let cgroup = cgroup::root().map_err(LoadError::Cgroup)?;
+        let cg = File::open(&cgroup).map_err(|source| LoadError::CgroupOpen {
+            path: cgroup.clone(),
+            source,
+        })?;
+        let mut bpf = aya::EbpfLoader::new()
+            .load(OBJECT)
+            .map_err(LoadError::Object)?;
+        let mut settings: Array<MapData, Settings> = take(&mut bpf, "settings")?;
+        settings
+            .set(
+                0,
+                Settings {
+                    socket_mark: marks.bypass,
+                    delivery_mark: marks.delivery,
+                    outbound_port: ports.outbound,
+                    hbone_port: ports.hbone,
+                    pad: 0,
+                },
+                0,
+            )
+            .map_err(|source| LoadError::Map {
+                map: "settings",
+                source,
+            })?;
+        let enrolled = take(&mut bpf, "enrolled")?;
+        let listeners = take(&mut bpf, "inbound_listeners")?;
+        let bypass = take(&mut bpf, "delivery_bypass")?;
+        let counters = take(&mut bpf, "counters")?;
+
+        // Links made through bpf_link_create are always multi-attach; asking for
+        // AllowMultiple there is rejected (EINVAL), so Single it is.
+        for name in SOCK_ADDR_PROGRAMS {
+            let p: &mut CgroupSockAddr = bpf
+                .program_mut(name)
+                .ok_or(LoadError::Missing(name))?
+                .try_into()
+                .map_err(program_error(name))?;
+            p.load().map_err(program_error(name))?;
+            p.attach(&cg, CgroupAttachMode::Single)
+                .map_err(program_error(name))?;
+        }
+        let name = "zt_sockops";
+        let p: &mut SockOps = bpf
+            .program_mut(name)
+            .ok_or(LoadError::Missing(name))?
+            .try_into()
+            .map_err(program_error(name))?;
+        p.load().map_err(program_error(name))?;
+        p.attach(&cg, CgroupAttachMode::Single)
+            .map_err(program_error(name))?;
+        let name = "zt_getsockopt";
+        let p: &mut CgroupSockopt = bpf
+            .program_mut(name)
+            .ok_or(LoadError::Missing(name))?
+            .try_into()
+            .map_err(program_error(name))?;
+        p.load().map_err(program_error(name))?;
+        p.attach(&cg, CgroupAttachMode::Single)
+            .map_err(program_error(name))?;
+        let p: &mut SkLookup = bpf
+            .program_mut(SK_LOOKUP)
+            .ok_or(LoadError::Missing(SK_LOOKUP))?
+            .try_into()
+            .map_err(program_error(SK_LOOKUP))?;
+        p.load().map_err(program_error(SK_LOOKUP))?;
+
+        Ok(Ebpf {
+            marks,
+            cgroup,
+            state: Mutex::new(State {
+                bpf,
+                enrolled,
+                listeners,
+                pods: HashMap::new(),
+            }),
+            bypass: Arc::new(Mutex::new(bypass)),
+            counters,
+        })
+    }
+
+    /// The cgroup v2 directory the programs are attached to.
+    pub fn cgroup(&self) -> &std::path::Path {
+        &self.cgroup
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the maps as consistent as the kernel made them.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Network-namespace cookies of the enrolled pods, by pod name (for tests and debugging).
+    pub fn enrolled(&self) -> Vec<(String, u64)> {
+        self.state()
+            .pods
+            .iter()
+            .map(|(name, e)| (name.clone(), e.cookie))
+            .collect()
+    }
+
+    /// The programs' counters, summed over CPUs.
+    pub fn sample(&self) -> EbpfSample {
+        let read = |index: u32| -> u64 {
+            self.counters
+                .get(&index, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        EbpfSample {
+            redirects: vec![
+                ("outbound", read(counter::REDIRECT_OUTBOUND)),
+                ("inbound", read(counter::REDIRECT_INBOUND)),
+            ],
+            misses: vec![
+                ("sockops", read(counter::MISS_SOCKOPS)),
+                ("getsockopt", read(counter::MISS_GETSOCKOPT)),
+            ],
+            errors: vec![
+                ("connect", read(counter::ERROR_CONNECT)),
+                ("sockops", read(counter::ERROR_SOCKOPS)),
+                ("sk_lookup", read(counter::ERROR_SK_LOOKUP)),
+            ],
+            original_dst_answered: read(counter::ORIGINAL_DST_ANSWERED),
+            peername_rewritten: read(counter::PEERNAME_REWRITTEN),
+            delivery_bypassed: read(counter::DELIVERY_BYPASSED),
+            // Counted in the kernel map itself, so a leaked entry would show.
+            enrolled_namespaces: i64::try_from(self.state().enrolled.keys().count())
+                .unwrap_or(i64::MAX),
+        }
+    }
+}
+
+impl State {
+    /// Undoes an enrollment in reverse order: the enrolled entry (outbound stops), the
+    /// sk_lookup link, the listener entries. Errors are logged: the goal is a clean state.
+    fn forget(&mut self, pod: &str) {
+        let Some(e) = self.pods.remove(pod) else {
+            return;
+        };
+        if let Err(err) = self.enrolled.remove(&e.cookie) {
+            tracing::warn!(pod, error = %err, "removing the enrolled-namespace entry failed");
+        }
+        match self
+            .bpf
+            .program_mut(SK_LOOKUP)
+            .map(<&mut SkLookup>::try_from)
+        {
+            Some(Ok(p)) => {
+                if let Err(err) = p.detach(e.link) {
+                    tracing::warn!(pod, error = %err, "detaching sk_lookup failed");
+                }
+            }
+            _ => tracing::warn!(pod, "sk_lookup program missing while unenrolling"),
+        }
+        for key in &e.keys {
+            // Already gone when the listener closed first: the kernel drops closed sockets.
+            let _ = self.listeners.remove(key);
+        }
+    }
+
+    fn enroll(
+        &mut self,
+        pod: &Pod,
+        cookie: u64,
+        netns: &File,
+        listener: &impl AsRawFd,
+    ) -> Result<(), Error> {
+        let fail = |action: &'static str, reason: String| Error::Ebpf {
+            pod: pod.name.clone(),
+            action,
+            reason,
+        };
+        let mut keys = Vec::new();
+        for ip in &pod.ips {
+            let key = Endpoint::new(*ip, 0);
+            if let Err(e) = self.listeners.insert(key, listener.as_raw_fd(), 0) {
+                for k in &keys {
+                    let _ = self.listeners.remove(k);
+                }
+                return Err(fail("register the inbound listener", e.to_string()));
+            }
+            keys.push(key);
+        }
+        let attached = self
+            .bpf
+            .program_mut(SK_LOOKUP)
+            .ok_or_else(|| fail("find sk_lookup", "missing from the object".into()))
+            .and_then(|p| {
+                <&mut SkLookup>::try_from(p)
+                    .map_err(|e| fail("use sk_lookup", e.to_string()))?
+                    .attach(netns)
+                    .map_err(|e| fail("attach sk_lookup to the namespace", e.to_string()))
+            });
+        let link = match attached {
+            Ok(link) => link,
+            Err(e) => {
+                for k in &keys {
+                    let _ = self.listeners.remove(k);
+                }
+                return Err(e);
+            }
+        };
+        self.pods
+            .insert(pod.name.clone(), Enrolled { cookie, link, keys });
+        // Last: from here on the pod's outgoing connections are redirected.
+        if let Err(e) = self.enrolled.insert(cookie, 1, 0) {
+            self.forget(&pod.name);
+            return Err(fail("enroll the namespace", e.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// The cookie of the namespace the calling thread is in.
+fn netns_cookie() -> io::Result<u64> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the fd is a valid socket for the call's duration; cookie and len point to live
+    // locals of the sizes passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+impl Backend for Ebpf {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn enroll<'a>(&'a self, pod: &'a Pod) -> BoxFuture<'a, Result<(), Error>> {
+        async move {
+            let name = pod.name.clone();
+            let fail = |action: &'static str, reason: String| Error::Ebpf {
+                pod: name.clone(),
+                action,
+                reason,
+            };
+            let listener = pod.inbound_listener.clone().ok_or_else(|| {
+                fail(
+                    "find the inbound listener",
+                    "the pod was enrolled without one".into(),
+                )
+            })?;
+            let delivery = self.marks.delivery;
+            let run_name = name.clone();
+            let cookie = pod
+                .netns
+                .run(move || -> Result<u64, Error> {
+                    routing::install(&run_name, delivery)?;
+                    // The app's accepted socket takes the mark of ztunnel's delivery SYN, so
+                    // its replies follow the fwmark rule back to ztunnel (no conntrack here).
+                    routing::set_sysctl(&run_name, "net/ipv4/tcp_fwmark_accept", "1")?;
+                    netns_cookie().map_err(|e| Error::Ebpf {
+                        pod: run_name.clone(),
+                        action: "read the namespace cookie (SO_NETNS_COOKIE, Linux 5.14+)",
+                        reason: e.to_string(),
+                    })
+                })
+                .await
+                .map_err(|source| Error::Netns {
+                    pod: name.clone(),
+                    source,
+                })??;
+            let netns = File::open(pod.netns.path()).map_err(|source| Error::Netns {
+                pod: name.clone(),
+                source,
+            })?;
+            let mut state = self.state();
+            // Enrolling again replaces the previous enrollment.
+            state.forget(&name);
+            state.enroll(pod, cookie, &netns, &*listener)
+        }
+        .boxed()
+    }
+
+    fn unenroll<'a>(&'a self, pod: &'a Pod) -> BoxFuture<'a, Result<(), Error>> {
+        async move {
+            self.state().forget(&pod.name);
+            let delivery = self.marks.delivery;
+            let run_name = pod.name.clone();
+            pod.netns
+                .run(move || routing::remove(&run_name, delivery))
+                .await
+                .map_err(|source| Error::Netns {
+                    pod: pod.name.clone(),
+                    source,
+                })
+        }
+        .boxed()
+    }
+
+    fn exempt_delivery(&self, source: SocketAddr) -> Result<Option<Exemption>, Error> {
+        let key = Endpoint::of(source);
+        self.bypass
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, 1, 0)
+            .map_err(|e| Error::Ebpf {
+                pod: source.to_string(),
+                action: "exempt ztunnel's delivery connection",
+                reason: e.to_string(),
+            })?;
+        let bypass = self.bypass.clone();
+        Ok(Some(Exemption::new(move || {
+            let _ = bypass
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests;
