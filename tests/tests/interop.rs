@@ -320,6 +320,18 @@ fn is_traceparent(v: &str) -> bool {
         && parts[1].bytes().any(|b| b != b'0')
 }
 
+/// The `forwarded` header ztunnel sends for a connection from pod `a` with local address
+/// `client`: the pod's own address and the client's port (eBPF capture connects the app to a
+/// loopback listener, so the socket's local address is 127.0.0.1; ztunnel names the pod).
+fn forwarded(a: &Pod, target: SocketAddr, client: SocketAddr) -> String {
+    let ip: std::net::IpAddr = if target.is_ipv4() {
+        a.ipv4.into()
+    } else {
+        a.ipv6.into()
+    };
+    format!("for=\"{}\"", SocketAddr::new(ip, client.port()))
+}
+
 /// Our ztunnel as the HBONE client, Node.js as the server: the server sees TLS 1.3 + h2, a's
 /// SPIFFE identity in the client certificate, `:authority` = the original destination, and
 /// the `forwarded` (a's address and port), `traceparent` and `baggage` headers Istio sends.
@@ -347,7 +359,7 @@ fn ztunnel_to_node_server() {
         assert_eq!(req["clientId"], spiffe("a"), "{req}");
         assert_tls13_h2(&req["tls"]);
         let h = &req["headers"];
-        assert_eq!(h["forwarded"], format!("for=\"{client}\""), "{req}");
+        assert_eq!(h["forwarded"], forwarded(a, *target, *client), "{req}");
         let tp = h["traceparent"].as_str().unwrap_or_default();
         assert!(is_traceparent(tp), "traceparent {tp:?}");
         let baggage = h["baggage"].as_str().unwrap_or_default();
@@ -446,7 +458,7 @@ fn envoy_terminates_hbone_from_ztunnel() {
         assert_eq!(text(&line["peer_uri_san"]), spiffe("a"), "{line}");
         assert_eq!(
             text(&line["forwarded"]),
-            format!("for=\"{client}\""),
+            forwarded(a, *target, *client),
             "{line}"
         );
         assert!(is_traceparent(&text(&line["traceparent"])), "{line}");

@@ -50,6 +50,12 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
             return;
         }
     };
+    // eBPF capture redirects the app's connect to the loopback listener, so the client shows up
+    // as 127.0.0.1; logs, metrics and the `forwarded` header must name the pod's own address.
+    let peer = match pod.ips.iter().find(|ip| ip.is_ipv4() == orig.is_ipv4()) {
+        Some(ip) if peer.ip().is_loopback() => SocketAddr::new(*ip, peer.port()),
+        _ => peer,
+    };
     let route = route::resolve(&snap, orig, |n| {
         NEXT_ENDPOINT.fetch_add(1, Ordering::Relaxed) % n
     });

@@ -6,7 +6,8 @@
 //! mesh carried them: the responses, the SPIFFE identities from the access logs, and the
 //! `istio_tcp_*` metrics. Everything is removed at the end, also on Ctrl-C.
 //!
-//! Run as root: `cargo run --release -p mesh-tests --bin quickstart`
+//! Run as root: `bash examples/quickstart.sh` (installs the build prerequisites, then runs
+//! `cargo run --release -p mesh-tests --bin quickstart`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -67,7 +68,15 @@ fn main() -> anyhow::Result<()> {
             .map_err(|_| anyhow::anyhow!("lock"))?
             .pids
             .push(z.pid());
-        println!("== ztunnel on n{node} ready (pid {})", z.pid());
+        let capture = if z.log().contains("capturing with eBPF") {
+            "eBPF"
+        } else {
+            "nftables"
+        };
+        println!(
+            "== ztunnel on n{node} ready (pid {}, capture: {capture})",
+            z.pid()
+        );
         zts.push(z);
     }
 
