@@ -151,22 +151,5 @@ async fn passthrough(ctx: &Context, pod: &Pod, target: SocketAddr) -> Result<Tcp
         .socket(target, ctx.config.socket_mark, None)
         .await
         .map_err(|e| Error::new(Kind::Connect, Fault::Internal, e))?;
-    let stream = tokio::time::timeout(ctx.config.connect_timeout, sock.connect(target))
-        .await
-        .map_err(|_| {
-            Error::new(
-                Kind::Connect,
-                Fault::Upstream,
-                format!("connect to {target} timed out"),
-            )
-        })?
-        .map_err(|e| {
-            Error::new(
-                Kind::Connect,
-                Fault::Upstream,
-                format!("connect to {target}: {e}"),
-            )
-        })?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
+    crate::proxy::connect::tcp(sock, target, ctx.config.connect_timeout, "destination").await
 }

@@ -2,6 +2,7 @@
 //! model and the byte copy between two sockets.
 
 pub mod access;
+pub mod connect;
 pub mod context;
 pub mod copy;
 pub mod error;

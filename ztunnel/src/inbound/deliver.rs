@@ -41,26 +41,11 @@ pub async fn connect(
         Some(backend) => exempt(backend.as_ref(), &sock, target, transparent.is_some())?,
         None => None,
     };
-    let connected = tokio::time::timeout(ctx.config.connect_timeout, sock.connect(target)).await;
+    let connected =
+        crate::proxy::connect::tcp(sock, target, ctx.config.connect_timeout, "app").await;
     // Established (or failed): later packets of this connection never meet sk_lookup again.
     drop(exemption);
-    let stream = connected
-        .map_err(|_| {
-            Error::new(
-                Kind::Connect,
-                Fault::Upstream,
-                format!("connect to app {target} timed out"),
-            )
-        })?
-        .map_err(|e| {
-            Error::new(
-                Kind::Connect,
-                Fault::Upstream,
-                format!("connect to app {target}: {e}"),
-            )
-        })?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
+    connected
 }
 
 /// Binds the socket (to the pod's own address unless it is already bound transparently) so its
