@@ -60,6 +60,13 @@ struct Bench {
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
     anyhow::ensure!(opts.runs > 0, "--runs must be at least 1");
+    let iperf3 = std::process::Command::new("iperf3")
+        .arg("--version")
+        .output();
+    anyhow::ensure!(
+        iperf3.map(|o| o.status.success()).unwrap_or(false),
+        "iperf3 is missing: install it (`apt-get install iperf3`)"
+    );
     let fd_limit = proc::raise_fd_limit()?;
     anyhow::ensure!(
         fd_limit >= 2 * opts.idle_connections as u64 + 1000,

@@ -19,6 +19,8 @@ pub const MAX_RATE_CONNECTIONS: usize = 4;
 /// Concurrent connect/echo/close loops of the connection-rate scenario.
 pub const CONNECT_CONCURRENCY: usize = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A 1-byte echo that takes this long is a stuck connection: fail instead of hanging.
+const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts an echo server on `[::]:port` (dual stack) on `rt`; it runs until `rt` is dropped.
 pub fn echo_server(rt: &NsRuntime, port: u16) -> anyhow::Result<()> {
@@ -182,7 +184,9 @@ pub fn connection_rate(
                     let one = async {
                         let mut s = connect(addr).await?;
                         let mut b = [0u8; 1];
-                        roundtrip(&mut s, &[1], &mut b).await
+                        tokio::time::timeout(ECHO_TIMEOUT, roundtrip(&mut s, &[1], &mut b))
+                            .await
+                            .context("echo timed out")?
                     };
                     match one.await {
                         Ok(()) => ok += 1,
@@ -214,7 +218,9 @@ pub fn open_idle(rt: &NsRuntime, addr: SocketAddr, n: usize) -> anyhow::Result<V
                 let _permit = sem.acquire_owned().await?;
                 let mut s = connect(addr).await?;
                 let mut b = [0u8; 1];
-                roundtrip(&mut s, &[1], &mut b).await?;
+                tokio::time::timeout(ECHO_TIMEOUT, roundtrip(&mut s, &[1], &mut b))
+                    .await
+                    .with_context(|| format!("no echo through {addr} within {ECHO_TIMEOUT:?}"))??;
                 anyhow::Ok(s)
             }));
         }
