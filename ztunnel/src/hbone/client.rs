@@ -80,6 +80,10 @@ impl Client {
             .max_frame_size(settings.max_frame_size)
             .max_header_list_size(settings.max_header_list_size)
             .max_send_buffer_size(settings.send_buffer_size)
+            // Until the peer's SETTINGS arrive, assume it allows what we allow (peers are
+            // ztunnels): h2's default of unlimited would let the pool hand a brand-new
+            // connection to any number of concurrent callers.
+            .initial_max_send_streams(settings.max_concurrent_streams as usize)
             .enable_push(false)
             .handshake::<_, Bytes>(io)
             .await?;
