@@ -4,6 +4,7 @@
 //! Everything here needs root (network namespaces, veths, AF_PACKET); see [`require_root`].
 
 pub mod app;
+pub mod bench;
 pub mod capture;
 pub mod daemon;
 pub mod http;

@@ -14,10 +14,30 @@ use super::{Error, Settings, Stream};
 /// Sending half of one HBONE connection. Cheap to clone; every clone multiplexes onto the same
 /// connection, whose h2 driver runs in a background task until the peer goes away, a keepalive
 /// PING goes unanswered or [`Client::close`] is called.
-#[derive(Clone)]
 pub struct Client {
     send: h2::client::SendRequest<Bytes>,
     shared: Arc<Shared>,
+    /// This handle holds one of the connection's stream slots (taken by the pool when it picked
+    /// the connection), which its first `connect` uses; given back if it is never used.
+    reserved: AtomicBool,
+}
+
+impl Clone for Client {
+    fn clone(&self) -> Self {
+        Client {
+            send: self.send.clone(),
+            shared: self.shared.clone(),
+            reserved: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if self.reserved.swap(false, Ordering::AcqRel) {
+            self.shared.active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 struct Shared {
@@ -60,6 +80,10 @@ impl Client {
             .max_frame_size(settings.max_frame_size)
             .max_header_list_size(settings.max_header_list_size)
             .max_send_buffer_size(settings.send_buffer_size)
+            // Until the peer's SETTINGS arrive, assume it allows what we allow (peers are
+            // ztunnels): h2's default of unlimited would let the pool hand a brand-new
+            // connection to any number of concurrent callers.
+            .initial_max_send_streams(settings.max_concurrent_streams as usize)
             .enable_push(false)
             .handshake::<_, Bytes>(io)
             .await?;
@@ -85,7 +109,11 @@ impl Client {
             }
             // Dropping `conn` here closes the transport, failing any streams still open.
         });
-        Ok(Client { send, shared })
+        Ok(Client {
+            send,
+            shared,
+            reserved: AtomicBool::new(false),
+        })
     }
 
     /// Opens a tunnel to `authority` (the final destination `ip:port`). Any status other than
@@ -105,8 +133,11 @@ impl Client {
             .expect("a socket address is a valid authority-form URI");
         *request.headers_mut() = headers;
 
-        // Counted before the request goes out so concurrent callers see the slot as taken.
-        self.shared.active.fetch_add(1, Ordering::AcqRel);
+        // Counted before the request goes out so concurrent callers see the slot as taken
+        // (unless the pool already took it for this handle).
+        if !self.reserved.swap(false, Ordering::AcqRel) {
+            self.shared.active.fetch_add(1, Ordering::AcqRel);
+        }
         let guard = StreamGuard(self.shared.clone());
         self.shared.touch();
 
@@ -122,6 +153,26 @@ impl Client {
     /// True while the connection is alive and below the peer's concurrent stream limit.
     pub fn is_ready(&self) -> bool {
         !self.is_closed() && self.active_streams() < self.send.current_max_send_streams()
+    }
+
+    /// A handle that holds one stream slot of this connection, if one is free. Checking
+    /// [`Client::is_ready`] and opening later would let concurrent callers all pass the check
+    /// and overshoot the peer's limit; the extra streams would then wait in h2 until another
+    /// stream closes, forever when the others are long-lived idle tunnels.
+    pub(crate) fn try_reserve(&self) -> Option<Client> {
+        if self.is_closed() {
+            return None;
+        }
+        let max = self.send.current_max_send_streams();
+        self.shared
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        let handle = self.clone();
+        handle.reserved.store(true, Ordering::Release);
+        Some(handle)
     }
 
     pub fn is_closed(&self) -> bool {

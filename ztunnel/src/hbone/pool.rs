@@ -60,7 +60,7 @@ impl Entry {
             .lock()
             .expect("pool lock is never held across a panic");
         clients.retain(|c| !c.is_closed());
-        let client = clients.iter().find(|c| c.is_ready())?.clone();
+        let client = clients.iter().find_map(Client::try_reserve)?;
         // Restarts the idle clock so the sweep cannot close it before the caller opens a stream.
         client.touch();
         Some(client)
@@ -121,7 +121,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Pool<K> {
                     .lock()
                     .expect("pool lock is never held across a panic")
                     .push(client.clone());
-                Ok(client)
+                Ok(client.try_reserve().unwrap_or(client))
             }
             Err(e) => {
                 let e = Arc::new(e);

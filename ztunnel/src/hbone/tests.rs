@@ -683,3 +683,39 @@ async fn dead_connection_fails_its_streams_only() {
     assert_eq!(roundtrip(&mut fine, b"two").await, b"one two");
     assert!(!other.is_closed());
 }
+
+/// Concurrent opens must not overshoot the peer's stream limit: the surplus would wait in h2
+/// for a slot that idle long-lived tunnels never free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_never_hands_out_more_streams_than_the_peer_allows() {
+    let server_settings = Settings {
+        max_concurrent_streams: 4,
+        ..Settings::default()
+    };
+    let (addr, _, _) = listen(Server::new(server_settings.clone(), echo)).await;
+    let pool: Pool<u32> = Pool::new(server_settings, Duration::from_secs(60));
+    let calls = Arc::new(AtomicUsize::new(0));
+    // One full exchange first, so the client has the server's SETTINGS (the limit).
+    let first = pool.get(1, tcp_connect(addr, &calls)).await.unwrap();
+    let mut held = vec![first.connect(dst(1), HeaderMap::new()).await.unwrap()];
+    let opens = (0..12).map(|_| {
+        let pool = pool.clone();
+        let connect = tcp_connect(addr, &calls);
+        tokio::spawn(async move {
+            let client = pool.get(1, connect).await.unwrap();
+            tokio::time::timeout(WAIT, client.connect(dst(1), HeaderMap::new()))
+                .await
+                .expect("a pooled connection had a free stream slot")
+                .unwrap()
+        })
+    });
+    for s in futures::future::join_all(opens).await {
+        held.push(s.unwrap());
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.streams, 13);
+    assert!(
+        stats.connections >= 4,
+        "13 streams at 4 per connection: {stats:?}"
+    );
+}

@@ -1,0 +1,439 @@
+//! The data-plane benchmark: each scenario through ztunnel and directly (same pods, no ztunnel)
+//! in the same run, medians over several runs, reported as JSON and markdown.
+//!
+//! Every run first measures direct traffic, then starts both ztunnels, measures the same
+//! scenarios through the mesh, and stops them (which removes capture again).
+
+pub mod iperf;
+pub mod load;
+pub mod mesh;
+pub mod proc;
+pub mod report;
+pub mod runtime;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use mesh::{Daemons, Mesh};
+use report::{Compare, Row, Samples};
+use runtime::NsRuntime;
+
+const IPERF_PORT: u16 = 5201;
+const ECHO_PORT: u16 = 7000;
+/// Requests per second of the fixed-rate latency scenario.
+const FIXED_RATE: u32 = 1000;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub out: PathBuf,
+    pub runs: usize,
+    /// Length of each throughput, max-rate and connection-rate measurement.
+    pub duration: Duration,
+    /// Length of each fixed-rate latency measurement.
+    pub latency_duration: Duration,
+    /// Idle proxied connections held open for the memory measurement.
+    pub idle_connections: usize,
+}
+
+/// Where a scenario's client connects to, and where its server runs.
+struct Path {
+    name: &'static str,
+    server_netns: String,
+    addr: SocketAddr,
+    /// Whether only node n1's ztunnel carries it (both tunnel ends in one process).
+    same_node: bool,
+}
+
+struct Bench {
+    opts: Options,
+    mesh: Mesh,
+    samples: Samples,
+    client: NsRuntime,
+    /// Echo servers in pods b and c.
+    _servers: Vec<NsRuntime>,
+    hbone: Vec<Path>,
+    passthrough: Vec<Path>,
+}
+
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    anyhow::ensure!(opts.runs > 0, "--runs must be at least 1");
+    let iperf3 = std::process::Command::new("iperf3")
+        .arg("--version")
+        .output();
+    anyhow::ensure!(
+        iperf3.map(|o| o.status.success()).unwrap_or(false),
+        "iperf3 is missing: install it (`apt-get install iperf3`)"
+    );
+    let fd_limit = proc::raise_fd_limit()?;
+    anyhow::ensure!(
+        fd_limit >= 2 * opts.idle_connections as u64 + 1000,
+        "holding {} connections needs {} descriptors here, the hard limit is {fd_limit}: \
+         pass a smaller --idle-connections",
+        opts.idle_connections,
+        2 * opts.idle_connections + 1000
+    );
+    let load_before = loadavg();
+    let mesh = Mesh::create().context("building the topology")?;
+    let topo = &mesh.topo;
+    let (a, b, c, d) = (topo.pod("a"), topo.pod("b"), topo.pod("c"), topo.pod("d"));
+    let n1 = topo.node(1);
+    let client = NsRuntime::start(&a.netns_path, "client-a")?;
+    let mut servers = Vec::new();
+    for pod in [b, c] {
+        let rt = NsRuntime::start(&pod.netns_path, &format!("echo-{}", pod.name))?;
+        load::echo_server(&rt, ECHO_PORT)?;
+        servers.push(rt);
+    }
+    let hbone = vec![
+        Path {
+            name: "same-node HBONE",
+            server_netns: b.netns.clone(),
+            addr: b.addr_v4(ECHO_PORT),
+            same_node: true,
+        },
+        Path {
+            name: "cross-node HBONE",
+            server_netns: c.netns.clone(),
+            addr: c.addr_v4(ECHO_PORT),
+            same_node: false,
+        },
+    ];
+    // Non-mesh destinations: node n1's own gateway address, and pod d (not in the config).
+    let passthrough = vec![
+        Path {
+            name: "same-node passthrough",
+            server_netns: n1.netns.clone(),
+            addr: SocketAddr::from((crate::topology::gateway_v4(1), ECHO_PORT)),
+            same_node: true,
+        },
+        Path {
+            name: "cross-node passthrough",
+            server_netns: d.netns.clone(),
+            addr: d.addr_v4(ECHO_PORT),
+            same_node: false,
+        },
+    ];
+    let iperf_servers = hbone
+        .iter()
+        .chain(&passthrough)
+        .map(|p| iperf::Server::start(&p.server_netns, IPERF_PORT))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    let mut bench = Bench {
+        opts: opts.clone(),
+        samples: Samples::default(),
+        client,
+        _servers: servers,
+        hbone,
+        passthrough,
+        mesh,
+    };
+    for run in 0..opts.runs {
+        eprintln!("run {}/{}: direct", run + 1, opts.runs);
+        bench.traffic("direct", None)?;
+        eprintln!("run {}/{}: mesh", run + 1, opts.runs);
+        let daemons = bench.mesh.start()?;
+        bench.memory(&daemons)?;
+        bench.traffic("mesh", Some(&daemons))?;
+        daemons.stop()?;
+    }
+    drop(iperf_servers);
+
+    let meta = serde_json::json!({
+        "runs": opts.runs,
+        "duration_s": opts.duration.as_secs_f64(),
+        "latency_duration_s": opts.latency_duration.as_secs_f64(),
+        "idle_connections": opts.idle_connections,
+        "fixed_rate_rps": FIXED_RATE,
+        "message_bytes": load::MESSAGE,
+        "max_rate_connections": load::MAX_RATE_CONNECTIONS,
+        "connect_concurrency": load::CONNECT_CONCURRENCY,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "loadavg_before": load_before,
+        "loadavg_after": loadavg(),
+    });
+    let rows = bench.rows();
+    report::write(&opts.out, &bench.samples, &rows, meta)?;
+    println!("{}", report::markdown(&bench.samples, &rows));
+    println!(
+        "wrote {} and {}",
+        opts.out.join("results.json").display(),
+        opts.out.join("results.md").display()
+    );
+    Ok(())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+impl Bench {
+    /// Throughput, latency (with ztunnel CPU) and connection rate; `mode` is `direct` or `mesh`.
+    fn traffic(&mut self, mode: &str, daemons: Option<&Daemons>) -> anyhow::Result<()> {
+        let d = self.opts.duration;
+        let a = self.mesh.topo.pod("a").netns.clone();
+        for path in &self.hbone {
+            let pids: Vec<u32> = match daemons {
+                None => vec![],
+                Some(z) if path.same_node => vec![z.n1.pid()],
+                Some(z) => vec![z.n1.pid(), z.n2.pid()],
+            };
+            let cpu = |pids: &[u32]| -> anyhow::Result<f64> {
+                pids.iter().map(|p| proc::cpu_seconds(*p)).sum()
+            };
+            let before = cpu(&pids)?;
+            let fixed = load::fixed_rate(
+                &self.client,
+                path.addr,
+                FIXED_RATE,
+                self.opts.latency_duration,
+            )
+            .with_context(|| format!("{mode} fixed-rate latency, {}", path.name))?;
+            let spent = cpu(&pids)? - before;
+            let key = format!("latency/{}/{FIXED_RATE}rps", path.name);
+            for (q, v) in [
+                ("p50", fixed.p50),
+                ("p90", fixed.p90),
+                ("p99", fixed.p99),
+                ("p99.9", fixed.p999),
+            ] {
+                self.samples.add(format!("{key}/{q}/{mode}"), v);
+            }
+            if daemons.is_some() {
+                self.samples.add(
+                    format!("cpu/{}/{FIXED_RATE}rps/us_per_request", path.name),
+                    spent * 1e6 / fixed.requests as f64,
+                );
+            }
+
+            let before = cpu(&pids)?;
+            let max = load::max_rate(&self.client, path.addr, d)
+                .with_context(|| format!("{mode} max-rate latency, {}", path.name))?;
+            let spent = cpu(&pids)? - before;
+            let key = format!("latency/{}/max", path.name);
+            self.samples.add(format!("{key}/rps/{mode}"), max.rate);
+            for (q, v) in [
+                ("p50", max.p50),
+                ("p90", max.p90),
+                ("p99", max.p99),
+                ("p99.9", max.p999),
+            ] {
+                self.samples.add(format!("{key}/{q}/{mode}"), v);
+            }
+            if daemons.is_some() {
+                self.samples.add(
+                    format!("cpu/{}/max/us_per_request", path.name),
+                    spent * 1e6 / max.requests as f64,
+                );
+            }
+
+            let (rate, failed) = load::connection_rate(&self.client, path.addr, d)
+                .with_context(|| format!("{mode} connection rate, {}", path.name))?;
+            anyhow::ensure!(
+                failed as f64 <= rate * d.as_secs_f64() * 0.01,
+                "{mode} connection rate, {}: {failed} of the connections failed",
+                path.name
+            );
+            self.samples
+                .add(format!("connections/{}/{mode}", path.name), rate);
+            // Let the TIME_WAIT sockets of the connection run drain a little before the next.
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        for path in self.hbone.iter().chain(&self.passthrough) {
+            for streams in [1, 8] {
+                let addr = SocketAddr::new(path.addr.ip(), IPERF_PORT);
+                let gbps = iperf::client(&a, addr, streams, d)
+                    .with_context(|| format!("{mode} throughput, {}", path.name))?;
+                self.samples
+                    .add(format!("throughput/{}/{streams}/{mode}", path.name), gbps);
+            }
+        }
+        Ok(())
+    }
+
+    /// Resident memory of node n1's ztunnel idle, holding idle same-node connections (both
+    /// tunnel ends in that one process), and after they closed.
+    fn memory(&mut self, daemons: &Daemons) -> anyhow::Result<()> {
+        let pid = daemons.n1.pid();
+        // Let start-up allocations (certificates, listeners) settle.
+        std::thread::sleep(Duration::from_secs(1));
+        let idle = proc::rss_bytes(pid)?;
+        self.samples.add("memory/idle/mesh", idle as f64 / 1e6);
+        let n = self.opts.idle_connections;
+        let path = &self.hbone[0];
+        let conns = load::open_idle(&self.client, path.addr, n)
+            .with_context(|| format!("opening {n} idle connections"))?;
+        std::thread::sleep(Duration::from_secs(1));
+        let held = proc::rss_bytes(pid)?;
+        self.samples.add("memory/held/mesh", held as f64 / 1e6);
+        self.samples.add(
+            "memory/per_connection/mesh",
+            (held as f64 - idle as f64) / n as f64,
+        );
+        drop(conns);
+        std::thread::sleep(Duration::from_secs(3));
+        let after = proc::rss_bytes(pid)?;
+        self.samples
+            .add("memory/after_close/mesh", after as f64 / 1e6);
+        self.samples.add(
+            "memory/retained_fraction/mesh",
+            (after as f64 - idle as f64) / (held as f64 - idle as f64).max(1.0),
+        );
+        Ok(())
+    }
+
+    fn rows(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        let row = |scenario: String,
+                   metric: &str,
+                   unit,
+                   direct: Option<String>,
+                   mesh: String,
+                   compare| Row {
+            scenario,
+            metric: metric.to_owned(),
+            unit,
+            direct,
+            mesh,
+            compare,
+        };
+        for path in self.hbone.iter().chain(&self.passthrough) {
+            let hbone = path.name.contains("HBONE");
+            for streams in [1, 8] {
+                let key = format!("throughput/{}/{streams}", path.name);
+                let compare = match (streams, hbone) {
+                    (1, true) => Compare::RatioAtLeast(0.50),
+                    (1, false) => Compare::RatioAtLeast(0.75),
+                    _ => Compare::Ratio,
+                };
+                rows.push(row(
+                    path.name.to_owned(),
+                    &format!(
+                        "throughput, {streams} stream{}",
+                        if streams == 1 { "" } else { "s" }
+                    ),
+                    "Gbit/s",
+                    Some(format!("{key}/direct")),
+                    format!("{key}/mesh"),
+                    compare,
+                ));
+            }
+        }
+        for path in &self.hbone {
+            for (load, label) in [
+                (format!("{FIXED_RATE}rps"), format!("{FIXED_RATE} req/s")),
+                ("max".to_owned(), "max rate".to_owned()),
+            ] {
+                let key = format!("latency/{}/{load}", path.name);
+                for q in ["p50", "p90", "p99", "p99.9"] {
+                    let compare = match (load.as_str(), q) {
+                        ("max", _) => Compare::Added,
+                        (_, "p99") => Compare::AddedAtMost(80.0),
+                        (_, "p99.9") => Compare::AddedAtMost(300.0),
+                        _ => Compare::Added,
+                    };
+                    rows.push(row(
+                        path.name.to_owned(),
+                        &format!("latency {q}, 1 KiB at {label}"),
+                        "µs",
+                        Some(format!("{key}/{q}/direct")),
+                        format!("{key}/{q}/mesh"),
+                        compare,
+                    ));
+                }
+                if load == "max" {
+                    rows.push(row(
+                        path.name.to_owned(),
+                        &format!(
+                            "requests/s, {} connections closed loop",
+                            load::MAX_RATE_CONNECTIONS
+                        ),
+                        "req/s",
+                        Some(format!("{key}/rps/direct")),
+                        format!("{key}/rps/mesh"),
+                        Compare::Ratio,
+                    ));
+                }
+            }
+            rows.push(row(
+                path.name.to_owned(),
+                "new connections (connect, 1-byte echo, close)",
+                "conn/s",
+                Some(format!("connections/{}/direct", path.name)),
+                format!("connections/{}/mesh", path.name),
+                Compare::RatioAtLeast(0.50),
+            ));
+            rows.push(row(
+                path.name.to_owned(),
+                &format!(
+                    "ztunnel CPU per request at {FIXED_RATE} req/s{}",
+                    if path.same_node {
+                        ""
+                    } else {
+                        " (both ztunnels)"
+                    }
+                ),
+                "µs",
+                None,
+                format!("cpu/{}/{FIXED_RATE}rps/us_per_request", path.name),
+                Compare::AtMost(40.0),
+            ));
+            rows.push(row(
+                path.name.to_owned(),
+                "ztunnel CPU per request at max rate",
+                "µs",
+                None,
+                format!("cpu/{}/max/us_per_request", path.name),
+                Compare::None,
+            ));
+        }
+        let n = self.opts.idle_connections;
+        let node = "node n1 ztunnel".to_owned();
+        rows.push(row(
+            node.clone(),
+            "resident memory, idle",
+            "MB",
+            None,
+            "memory/idle/mesh".into(),
+            Compare::AtMost(10.0),
+        ));
+        rows.push(row(
+            node.clone(),
+            &format!("resident memory, {n} idle same-node connections"),
+            "MB",
+            None,
+            "memory/held/mesh".into(),
+            Compare::None,
+        ));
+        rows.push(row(
+            node.clone(),
+            "resident memory per idle connection (both ends)",
+            "bytes",
+            None,
+            "memory/per_connection/mesh".into(),
+            Compare::AtMost(4096.0),
+        ));
+        rows.push(row(
+            node.clone(),
+            "resident memory after they closed",
+            "MB",
+            None,
+            "memory/after_close/mesh".into(),
+            Compare::None,
+        ));
+        rows.push(row(
+            node,
+            "share of the growth kept after close",
+            "fraction",
+            None,
+            "memory/retained_fraction/mesh".into(),
+            Compare::AtMost(0.25),
+        ));
+        rows
+    }
+}
