@@ -83,6 +83,15 @@ struct {
 	__type(value, __u32);
 } delivery_bypass SEC(".maps");
 
+/* Source networks of health probes (healthProbes.sources): not captured inbound. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct zt_net);
+	__type(value, __u32);
+} probe_sources SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, ZT_COUNTERS);
@@ -416,6 +425,15 @@ int zt_sk_lookup(struct bpf_sk_lookup *ctx)
 	remote.port = bpf_ntohs(ctx->remote_port);
 	if (bpf_map_lookup_elem(&delivery_bypass, &remote)) {
 		count(ZT_DELIVERY_BYPASSED);
+		return SK_PASS;
+	}
+	struct zt_net probe = {
+		.prefixlen = 32 + (remote.family == ZT_FAMILY_V4 ? 32 : 128),
+		.family = remote.family,
+		.addr = { remote.addr[0], remote.addr[1], remote.addr[2], remote.addr[3] },
+	};
+	if (bpf_map_lookup_elem(&probe_sources, &probe)) {
+		count(ZT_PROBE_BYPASSED);
 		return SK_PASS;
 	}
 	/* Not a pod address (loopback, say): the normal lookup applies. */

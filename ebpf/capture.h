@@ -42,6 +42,14 @@ struct zt_endpoint {
 	__u32 family;
 };
 
+/* A source network whose connections sk_lookup leaves alone (health probes). LPM trie key:
+ * prefixlen counts bits from `family` on, so it is 32 + the network's prefix length. */
+struct zt_net {
+	__u32 prefixlen;
+	__u32 family;
+	__u32 addr[4]; /* network order */
+};
+
 /* Indices of the per-CPU counters array. */
 enum zt_counter {
 	ZT_REDIRECT_OUTBOUND = 0, /* connect4/6 rewrote a destination */
@@ -54,6 +62,7 @@ enum zt_counter {
 	ZT_ORIGINAL_DST_ANSWERED, /* getsockopt answered SO_ORIGINAL_DST */
 	ZT_PEERNAME_REWRITTEN,    /* getpeername showed the app its intended peer */
 	ZT_DELIVERY_BYPASSED,     /* ztunnel's own delivery passed sk_lookup untouched */
+	ZT_PROBE_BYPASSED,        /* a health probe source passed sk_lookup untouched */
 	ZT_COUNTERS,
 };
 

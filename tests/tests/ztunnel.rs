@@ -1118,6 +1118,55 @@ fn ten_thousand_connections_through_capture(capture: Capture) {
     }
 }
 
+/// Connects from node `node`'s namespace to `target` and checks an echo round trip.
+fn echo_from_node(m: &Mesh, node: u8, target: SocketAddr, msg: &[u8]) -> std::io::Result<()> {
+    let mut s = m.topo.node(node).connect(target, TIMEOUT)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    ping(&mut s, msg)
+}
+
+/// Health probes: under STRICT mTLS, a connection from a listed probe source (the node's
+/// gateway address towards its pods) reaches the app directly, one from an unlisted source
+/// (the node's IPv6 gateway) is refused; with `bypass: false` the listed source is refused too.
+fn health_probes_bypass_capture(capture: Capture) {
+    let strict = "  - {name: strict, namespace: default, mode: STRICT}\n";
+    let gw = mesh_tests::topology::gateway_v4(2);
+    let probes = |bypass: bool| Opts {
+        peer_authentications: strict.into(),
+        settings: format!("healthProbes: {{bypass: {bypass}, sources: [{gw}/32]}}\n"),
+        ..Opts::default()
+    };
+    let m = Mesh::start(capture, probes(true));
+    let c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    echo_from_node(&m, 2, m.pod("c").addr_v4(8080), b"probe").expect("probe from node");
+    assert_eq!(
+        c_srv.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
+        vec![IpAddr::from(gw)],
+        "the probe did not arrive from the node's address"
+    );
+    assert!(
+        access_lines(&m.z2.log(), "inbound").is_empty(),
+        "the probe went through ztunnel:\n{}",
+        m.z2.log()
+    );
+    let unlisted = echo_from_node(&m, 2, m.pod("c").addr_v6(8080), b"not a probe");
+    assert!(unlisted.is_err(), "an unlisted source got through STRICT");
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"mtls").expect("a -> c under STRICT");
+    if capture == Capture::Ebpf {
+        let bypassed = metrics::sample(&m.z2.metrics(), "ztunnel_ebpf_probe_bypassed_total", &[]);
+        assert_eq!(bypassed, Some(1.0), "{}", m.z2.metrics());
+    }
+    drop((c_srv, m));
+
+    let m = Mesh::start(capture, probes(false));
+    let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    let refused = echo_from_node(&m, 2, m.pod("c").addr_v4(8080), b"probe");
+    assert!(
+        refused.is_err(),
+        "with bypass off the probe got through STRICT"
+    );
+}
+
 /// Every case above, once per capture backend: `ebpf::<case>` and `nftables::<case>`.
 macro_rules! under_both_backends {
     ($($case:ident),* $(,)?) => {
@@ -1151,4 +1200,5 @@ under_both_backends!(
     bad_peers_fail_alone_and_are_counted,
     a_reload_that_does_not_affect_a_connection_keeps_it,
     admin_endpoints_and_json_access_log,
+    health_probes_bypass_capture,
 );

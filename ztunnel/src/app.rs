@@ -140,9 +140,15 @@ fn capture_backend(config: &Config, ctx: &Context) -> anyhow::Result<Option<Arc<
             .set_ebpf_source(Box::new(move || source.sample()));
         ebpf
     };
-    let nftables = || -> Arc<dyn Backend> { Arc::new(capture::Nftables::new(ports, marks)) };
+    let probe_sources = config.health_probes.bypassed();
+    let options = capture::ebpf::Options {
+        probe_sources: probe_sources.clone(),
+    };
+    let nftables = || -> Arc<dyn Backend> {
+        Arc::new(capture::Nftables::new(ports, marks).with_probe_sources(probe_sources.clone()))
+    };
     Ok(match config.capture {
-        CaptureMode::Auto => match capture::Ebpf::load(ports, marks) {
+        CaptureMode::Auto => match capture::Ebpf::load(ports, marks, &options) {
             Ok(loaded) => Some(ebpf(loaded)),
             Err(e) => {
                 tracing::warn!(reason = %e, "eBPF capture unavailable; capturing with nftables");
@@ -150,7 +156,8 @@ fn capture_backend(config: &Config, ctx: &Context) -> anyhow::Result<Option<Arc<
             }
         },
         CaptureMode::Ebpf => Some(ebpf(
-            capture::Ebpf::load(ports, marks).context("loading eBPF capture (capture: ebpf)")?,
+            capture::Ebpf::load(ports, marks, &options)
+                .context("loading eBPF capture (capture: ebpf)")?,
         )),
         CaptureMode::Nftables => Some(nftables()),
         CaptureMode::None => None,

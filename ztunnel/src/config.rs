@@ -8,10 +8,11 @@ pub mod errors;
 pub mod mesh;
 pub mod reader;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -90,6 +91,46 @@ impl Default for Pool {
     }
 }
 
+/// Kubelet-style health probes: connections to a pod from these sources are not captured,
+/// so they reach the app in plaintext even under STRICT mTLS (like Istio, whose CNI SNATs
+/// kubelet probes to 169.254.7.127 and skips capture for that source).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthProbes {
+    pub bypass: bool,
+    pub sources: Vec<IpNet>,
+}
+
+impl HealthProbes {
+    /// Istio's probe SNAT addresses: 169.254.7.127 and fd16:9254:7127:1337:ffff:ffff:ffff:ffff.
+    pub fn istio_sources() -> Vec<IpNet> {
+        vec![
+            IpNet::from(IpAddr::V4(Ipv4Addr::new(169, 254, 7, 127))),
+            IpNet::from(IpAddr::V6(Ipv6Addr::new(
+                0xfd16, 0x9254, 0x7127, 0x1337, 0xffff, 0xffff, 0xffff, 0xffff,
+            ))),
+        ]
+    }
+
+    /// The sources capture must skip: none when bypass is off.
+    pub fn bypassed(&self) -> Vec<IpNet> {
+        if self.bypass {
+            self.sources.clone()
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+impl Default for HealthProbes {
+    fn default() -> Self {
+        Self {
+            bypass: true,
+            sources: Self::istio_sources(),
+        }
+    }
+}
+
 /// Node settings. These are read at start; a reload applies mesh state only (a changed setting
 /// here is reported and needs a restart).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -109,6 +150,7 @@ pub struct Config {
     /// Keep the client's source address when delivering to the app (IP_TRANSPARENT).
     pub preserve_source_ip: bool,
     pub capture: CaptureMode,
+    pub health_probes: HealthProbes,
     pub log_format: LogFormat,
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
@@ -137,6 +179,7 @@ impl Config {
             delivery_mark: 0x53a,
             preserve_source_ip: true,
             capture: CaptureMode::Auto,
+            health_probes: HealthProbes::default(),
             log_format: LogFormat::Text,
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
@@ -256,6 +299,21 @@ fn settings(r: &mut Reader, top: &mut Object<'_>, c: &mut Config, base: &Path) {
                 format!("{other:?} is not a capture backend (auto, ebpf, nftables, none)"),
             ),
             None => {}
+        }
+    }
+    if let Some((p, v)) = top.get("healthProbes") {
+        if let Some(mut o) = r.object(p, v) {
+            if let Some((p, v)) = o.get("bypass") {
+                c.health_probes.bypass = r.bool(&p, v).unwrap_or(true);
+            }
+            if let Some((p, v)) = o.get("sources") {
+                c.health_probes.sources = r
+                    .list(&p, v)
+                    .into_iter()
+                    .filter_map(|(p, v)| mesh::ip_block(r, &p, v))
+                    .collect();
+            }
+            r.finish(o);
         }
     }
     if let Some((p, v)) = top.get("logFormat") {

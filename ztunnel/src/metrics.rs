@@ -91,6 +91,8 @@ pub struct EbpfSample {
     pub original_dst_answered: u64,
     pub peername_rewritten: u64,
     pub delivery_bypassed: u64,
+    /// Connections from health-probe sources let past capture.
+    pub probe_bypassed: u64,
     /// Pod namespaces whose traffic the programs capture now.
     pub enrolled_namespaces: i64,
 }
@@ -109,6 +111,7 @@ struct EbpfMetrics {
     original_dst_answered: Counter,
     peername_rewritten: Counter,
     delivery_bypassed: Counter,
+    probe_bypassed: Counter,
     enrolled_namespaces: Gauge,
 }
 
@@ -153,6 +156,11 @@ impl EbpfMetrics {
             self.delivery_bypassed.clone(),
         );
         registry.register(
+            "ztunnel_ebpf_probe_bypassed",
+            "Connections from health-probe sources let past the inbound sk_lookup program",
+            self.probe_bypassed.clone(),
+        );
+        registry.register(
             "ztunnel_ebpf_enrolled_namespaces",
             "Pod network namespaces the eBPF programs capture",
             self.enrolled_namespaces.clone(),
@@ -186,6 +194,7 @@ impl EbpfMetrics {
         advance(&self.original_dst_answered, sample.original_dst_answered);
         advance(&self.peername_rewritten, sample.peername_rewritten);
         advance(&self.delivery_bypassed, sample.delivery_bypassed);
+        advance(&self.probe_bypassed, sample.probe_bypassed);
         self.enrolled_namespaces.set(sample.enrolled_namespaces);
     }
 }

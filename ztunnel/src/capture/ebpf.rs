@@ -24,7 +24,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, SockHash};
+use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray, SockHash};
 use aya::programs::sk_lookup::SkLookupLinkId;
 use aya::programs::{
     CgroupAttachMode, CgroupSockAddr, CgroupSockopt, ProgramError, SkLookup, SockOps,
@@ -32,7 +32,7 @@ use aya::programs::{
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use self::abi::{counter, Endpoint, Settings};
+use self::abi::{counter, Endpoint, NetData, Settings};
 use super::{routing, Backend, Error, Exemption, Marks, Pod, Ports};
 use crate::metrics::EbpfSample;
 
@@ -83,6 +83,13 @@ pub enum LoadError {
     },
 }
 
+/// How the backend is set up beyond ports and marks.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Health-probe source networks whose connections to pods are not captured.
+    pub probe_sources: Vec<ipnet::IpNet>,
+}
+
 /// What one enrolled pod put into the kernel, removed in reverse on unenroll.
 struct Enrolled {
     cookie: u64,
@@ -129,7 +136,7 @@ fn program_error(program: &'static str) -> impl Fn(ProgramError) -> LoadError {
 impl Ebpf {
     /// Loads the programs and attaches the cgroup ones at the cgroup v2 root (mounting one at
     /// [`OWN_CGROUP_MOUNT`] if this process sees none). Nothing is captured until a pod enrolls.
-    pub fn load(ports: Ports, marks: Marks) -> Result<Ebpf, LoadError> {
+    pub fn load(ports: Ports, marks: Marks, options: &Options) -> Result<Ebpf, LoadError> {
         let cgroup = cgroup::root().map_err(LoadError::Cgroup)?;
         let cg = File::open(&cgroup).map_err(|source| LoadError::CgroupOpen {
             path: cgroup.clone(),
@@ -155,6 +162,15 @@ impl Ebpf {
                 map: "settings",
                 source,
             })?;
+        let mut probes: LpmTrie<MapData, NetData, u32> = take(&mut bpf, "probe_sources")?;
+        for net in &options.probe_sources {
+            probes
+                .insert(&NetData::key(net), 1, 0)
+                .map_err(|source| LoadError::Map {
+                    map: "probe_sources",
+                    source,
+                })?;
+        }
         let enrolled = take(&mut bpf, "enrolled")?;
         let listeners = take(&mut bpf, "inbound_listeners")?;
         let bypass = take(&mut bpf, "delivery_bypass")?;
@@ -255,6 +271,7 @@ impl Ebpf {
             original_dst_answered: read(counter::ORIGINAL_DST_ANSWERED),
             peername_rewritten: read(counter::PEERNAME_REWRITTEN),
             delivery_bypassed: read(counter::DELIVERY_BYPASSED),
+            probe_bypassed: read(counter::PROBE_BYPASSED),
             // Counted in the kernel map itself, so a leaked entry would show.
             enrolled_namespaces: i64::try_from(self.state().enrolled.keys().count())
                 .unwrap_or(i64::MAX),

@@ -6,6 +6,7 @@
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use ipnet::IpNet;
 
 use super::routing::{self, run};
 use super::{Backend, Error, Marks, Pod, Ports};
@@ -17,11 +18,44 @@ pub const TABLE: &str = "ztunnel";
 pub struct Nftables {
     ports: Ports,
     marks: Marks,
+    probe_sources: Vec<IpNet>,
 }
 
 impl Nftables {
     pub fn new(ports: Ports, marks: Marks) -> Self {
-        Nftables { ports, marks }
+        Nftables {
+            ports,
+            marks,
+            probe_sources: Vec::new(),
+        }
+    }
+
+    /// Connections from these sources (health probes) reach the pod's apps uncaptured.
+    pub fn with_probe_sources(mut self, sources: Vec<IpNet>) -> Self {
+        self.probe_sources = sources;
+        self
+    }
+
+    /// `ip saddr { .. } return` lines for the prerouting chain, one per family in use.
+    fn probe_rules(&self) -> String {
+        let set = |v4: bool| -> Vec<String> {
+            self.probe_sources
+                .iter()
+                .filter(|n| matches!(n, IpNet::V4(_)) == v4)
+                .map(|n| n.trunc().to_string())
+                .collect()
+        };
+        let mut rules = String::new();
+        for (family, v4) in [("ip", true), ("ip6", false)] {
+            let nets = set(v4);
+            if !nets.is_empty() {
+                rules.push_str(&format!(
+                    "        {family} saddr {{ {} }} return\n",
+                    nets.join(", ")
+                ));
+            }
+        }
+        rules
     }
 
     /// The `nft -f` script that (re)creates the table atomically. Declaring the table before
@@ -33,6 +67,7 @@ impl Nftables {
             hbone,
         } = self.ports;
         let Marks { bypass, delivery } = self.marks;
+        let probes = self.probe_rules();
         format!(
             r#"table inet {TABLE} {{}}
 delete table inet {TABLE}
@@ -59,7 +94,8 @@ table inet {TABLE} {{
         type nat hook prerouting priority -100; policy accept;
         iif "lo" return
         tcp dport {hbone} return
-        meta l4proto tcp redirect to :{inbound_plaintext}
+        # health probes (kubelet, SNATed by the CNI) reach the app in plaintext
+{probes}        meta l4proto tcp redirect to :{inbound_plaintext}
     }}
 }}
 "#

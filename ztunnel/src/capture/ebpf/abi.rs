@@ -60,6 +60,29 @@ impl Endpoint {
     }
 }
 
+/// `struct zt_net` without its leading `prefixlen` (aya's `lpm_trie::Key` adds that).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetData {
+    pub family: u32,
+    pub addr: [u32; 4],
+}
+
+// SAFETY: plain old data without padding; any bit pattern is valid.
+unsafe impl aya::Pod for NetData {}
+
+impl NetData {
+    /// The trie key for `net`: the family word always matches, then the network's bits.
+    pub fn key(net: &ipnet::IpNet) -> aya::maps::lpm_trie::Key<NetData> {
+        let e = Endpoint::new(net.network(), 0);
+        let data = NetData {
+            family: e.family,
+            addr: e.addr,
+        };
+        aya::maps::lpm_trie::Key::new(32 + u32::from(net.prefix_len()), data)
+    }
+}
+
 /// Indices of the per-CPU `counters` array (`enum zt_counter`).
 pub mod counter {
     pub const REDIRECT_OUTBOUND: u32 = 0;
@@ -72,8 +95,9 @@ pub mod counter {
     pub const ORIGINAL_DST_ANSWERED: u32 = 7;
     pub const PEERNAME_REWRITTEN: u32 = 8;
     pub const DELIVERY_BYPASSED: u32 = 9;
+    pub const PROBE_BYPASSED: u32 = 10;
     #[cfg(test)]
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 #[cfg(test)]
