@@ -74,6 +74,16 @@ struct {
 	__type(value, __u32); /* aya's SockHash wants 4 bytes */
 } inbound_listeners SEC(".maps");
 
+/* Enrolled pods' addresses (port 0), kept while the listener above comes and goes: with the
+ * maps pinned (fail-closed), connections to a pod whose ztunnel is gone are refused here
+ * instead of reaching the app around the mesh. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct zt_endpoint);
+	__type(value, __u32);
+} captured_addrs SEC(".maps");
+
 /* Source address and port of ztunnel's own connections to apps, filled just before connect:
  * sk_lookup cannot see socket marks, and without this the delivery would loop back to 15006. */
 struct {
@@ -438,8 +448,13 @@ int zt_sk_lookup(struct bpf_sk_lookup *ctx)
 	}
 	/* Not a pod address (loopback, say): the normal lookup applies. */
 	struct bpf_sock *sk = bpf_map_lookup_elem(&inbound_listeners, &local);
-	if (!sk)
+	if (!sk) {
+		if (bpf_map_lookup_elem(&captured_addrs, &local)) {
+			count(ZT_REFUSED_NO_LISTENER);
+			return SK_DROP;
+		}
 		return SK_PASS;
+	}
 	long err = bpf_sk_assign(ctx, sk, 0);
 	bpf_sk_release(sk);
 	count(err ? ZT_ERROR_SK_LOOKUP : ZT_REDIRECT_INBOUND);

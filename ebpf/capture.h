@@ -63,6 +63,7 @@ enum zt_counter {
 	ZT_PEERNAME_REWRITTEN,    /* getpeername showed the app its intended peer */
 	ZT_DELIVERY_BYPASSED,     /* ztunnel's own delivery passed sk_lookup untouched */
 	ZT_PROBE_BYPASSED,        /* a health probe source passed sk_lookup untouched */
+	ZT_REFUSED_NO_LISTENER,   /* fail-closed: a captured pod address had no listener */
 	ZT_COUNTERS,
 };
 

@@ -78,6 +78,34 @@ struct Mesh {
     z2: Ztunnel,
 }
 
+/// The host's bpffs for pinned capture state. ztunnel mounts one itself when it sees none, but
+/// it runs under `ip netns exec` (a private mount namespace), where such a mount dies with the
+/// process; mounted here, in the test's (host) mount namespace, the pins outlive a ztunnel.
+const BPFFS: &str = "/run/ztunnel/bpf";
+
+fn ensure_host_bpffs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::fs::create_dir_all(BPFFS).expect("create the bpffs mount point");
+        let mounts = std::fs::read_to_string("/proc/self/mounts").expect("read mounts");
+        if !mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(BPFFS) && l.contains(" bpf "))
+        {
+            let out = std::process::Command::new("mount")
+                .args(["-t", "bpf", "bpf", BPFFS])
+                .output()
+                .expect("run mount");
+            assert!(out.status.success(), "mounting a bpffs at {BPFFS}: {out:?}");
+        }
+    });
+}
+
+/// Each test's ztunnels pin into their own directory (several run at once on one machine).
+fn pin_dir(topo: &Topology, node: u8) -> PathBuf {
+    Path::new(BPFFS).join(format!("{}-n{node}", topo.prefix()))
+}
+
 fn config_path(dir: &Path, node: u8) -> PathBuf {
     dir.join(format!("ztunnel-n{node}.yaml"))
 }
@@ -95,6 +123,7 @@ fn render(topo: &Topology, dir: &Path, node: u8, o: &Opts) -> String {
         o.drain_timeout,
         o.capture.setting()
     );
+    let _ = writeln!(y, "bpfPinDir: {}", pin_dir(topo, node).display());
     y.push_str(&o.settings);
     y.push_str("workloads:\n");
     for (name, enrolled) in &o.workloads {
@@ -137,6 +166,7 @@ impl Mesh {
     fn start(capture: Capture, mut opts: Opts) -> Mesh {
         opts.capture = capture;
         require_root().expect("e2e prerequisites");
+        ensure_host_bpffs();
         let topo = Topology::create().expect("topology");
         let dir = tempfile::tempdir().expect("tempdir");
         for node in [1, 2] {
@@ -175,6 +205,38 @@ impl Mesh {
         self.topo.pod(name)
     }
 
+    /// Starts node `node`'s ztunnel again with its current file and waits until it is ready.
+    fn restart(&mut self, node: u8) -> Duration {
+        let start = Instant::now();
+        let mut z = Ztunnel::start(
+            self.topo.node(node),
+            &config_path(self.dir.path(), node),
+            &format!("n{node}"),
+            &[],
+        )
+        .expect("restart ztunnel");
+        z.wait_ready(TIMEOUT).expect("restarted ztunnel ready");
+        let took = start.elapsed();
+        if node == 1 {
+            self.z1 = z;
+        } else {
+            self.z2 = z;
+        }
+        took
+    }
+}
+
+impl Drop for Mesh {
+    /// Pins are removed even when a test fails: the links detach once the ztunnels (dropped
+    /// right after this) are gone.
+    fn drop(&mut self) {
+        for node in [1, 2] {
+            let _ = std::fs::remove_dir_all(pin_dir(&self.topo, node));
+        }
+    }
+}
+
+impl Mesh {
     /// Rewrites both nodes' files and waits until both daemons report the reload.
     fn reconfigure(&mut self, mut opts: Opts) {
         opts.capture = self.opts.capture;
@@ -1167,6 +1229,128 @@ fn health_probes_bypass_capture(capture: Capture) {
     );
 }
 
+/// Files pinned in node 1's pin directory.
+fn pins(m: &Mesh) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(pin_dir(&m.topo, 1))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Fail-closed (the default): with n1's ztunnel killed, a's new outgoing connections and
+/// the node's connections to b fail instead of going around the mesh; a restarted ztunnel
+/// adopts the pinned state and its pods, and connections go through HBONE again. Unenrolling
+/// a pod then leaves nothing of it behind.
+fn kill_restart_fails_closed_and_readopts(capture: Capture) {
+    let mut m = Mesh::start(capture, Opts::default());
+    let _b = EchoServer::start(m.pod("b"), 8080).expect("echo b");
+    let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"before").expect("a -> c before");
+    if capture == Capture::Ebpf {
+        let p = pins(&m);
+        assert!(p.contains(&"link-zt_connect4".to_string()), "{p:?}");
+        assert_eq!(
+            p.iter().filter(|n| n.contains("sk_lookup")).count(),
+            2,
+            "{p:?}"
+        );
+    }
+
+    m.z1.signal(nix::sys::signal::Signal::SIGKILL)
+        .expect("kill -9");
+    m.z1.wait_exit(TIMEOUT).expect("ztunnel n1 gone");
+    let out = echo(m.pod("a"), m.pod("c").addr_v4(8080), b"ztunnel is down");
+    assert!(
+        out.is_err(),
+        "a -> c went around the mesh while ztunnel was down"
+    );
+    let n1 = m.topo.node(1).clone();
+    let inbound = n1
+        .connect(m.pod("b").addr_v4(8080), Duration::from_secs(2))
+        .and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            ping(&mut s, b"to b while down")
+        });
+    assert!(
+        inbound.is_err(),
+        "node -> b reached the app while ztunnel was down"
+    );
+
+    let took = m.restart(1);
+    eprintln!("ztunnel n1 restarted and ready in {took:?}");
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"after restart").expect("a -> c after restart");
+    wait_for("a's outbound in the new access log", || {
+        access_lines(&m.z1.log(), "outbound")
+            .iter()
+            .any(|l| l.contains(&spiffe("a")))
+    });
+    if capture == Capture::Ebpf {
+        assert_eq!(
+            metrics::sample(&m.z1.metrics(), "ztunnel_ebpf_enrolled_namespaces", &[]),
+            Some(2.0)
+        );
+        assert!(
+            m.z1.log().contains("adopted pinned capture link"),
+            "{}",
+            m.z1.log()
+        );
+    }
+
+    m.reconfigure(Opts {
+        workloads: vec![("a", false), ("b", true), ("c", true), ("d", true)],
+        ..Opts::default()
+    });
+    wait_for("a's listeners gone", || {
+        ztunnel_ports_in(m.pod("a")).is_empty()
+    });
+    let s = echo(m.pod("a"), m.pod("c").addr_v4(8080), b"direct").expect("a -> c direct");
+    assert_eq!(s.peer_addr().expect("peer"), m.pod("c").addr_v4(8080));
+    if capture == Capture::Ebpf {
+        let p = pins(&m);
+        assert_eq!(
+            p.iter().filter(|n| n.contains("sk_lookup")).count(),
+            1,
+            "{p:?}"
+        );
+        assert_eq!(
+            metrics::sample(&m.z1.metrics(), "ztunnel_ebpf_enrolled_namespaces", &[]),
+            Some(1.0)
+        );
+    }
+}
+
+/// `captureFailMode: open` with eBPF: nothing is pinned, and once ztunnel is killed pods'
+/// traffic goes direct. (nftables rules live in the pod's namespace and cannot be removed by a
+/// killed process: that backend fails open only on a clean shutdown.)
+#[test]
+fn ebpf_fail_open_goes_direct_when_killed() {
+    let mut m = Mesh::start(
+        Capture::Ebpf,
+        Opts {
+            settings: "captureFailMode: open\n".into(),
+            ..Opts::default()
+        },
+    );
+    let c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"meshed").expect("a -> c");
+    assert!(pins(&m).is_empty(), "fail-open pinned {:?}", pins(&m));
+    m.z1.signal(nix::sys::signal::Signal::SIGKILL)
+        .expect("kill -9");
+    m.z1.wait_exit(TIMEOUT).expect("ztunnel n1 gone");
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"direct").expect("a -> c direct");
+    assert_eq!(
+        c.peers().last().map(|p| p.ip()),
+        Some(IpAddr::from(m.pod("a").ipv4)),
+        "c did not see a's own address"
+    );
+    m.restart(1);
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"meshed again").expect("a -> c again");
+}
+
 /// Every case above, once per capture backend: `ebpf::<case>` and `nftables::<case>`.
 macro_rules! under_both_backends {
     ($($case:ident),* $(,)?) => {
@@ -1201,4 +1385,5 @@ under_both_backends!(
     a_reload_that_does_not_affect_a_connection_keeps_it,
     admin_endpoints_and_json_access_log,
     health_probes_bypass_capture,
+    kill_restart_fails_closed_and_readopts,
 );

@@ -33,6 +33,17 @@ pub enum CaptureMode {
     None,
 }
 
+/// What happens to enrolled pods' traffic while ztunnel is not running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Capture stays (pinned eBPF state, nftables rules): pods' connections are refused rather
+    /// than leaving the mesh; a restarted ztunnel adopts it.
+    Closed,
+    /// Capture is removed with the process: pods' traffic goes direct.
+    Open,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -150,6 +161,10 @@ pub struct Config {
     /// Keep the client's source address when delivering to the app (IP_TRANSPARENT).
     pub preserve_source_ip: bool,
     pub capture: CaptureMode,
+    pub capture_fail_mode: FailMode,
+    /// Where eBPF capture pins its links and maps under `captureFailMode: closed`; the parent
+    /// must be (or becomes, mounted by ztunnel) a bpffs. One directory per ztunnel.
+    pub bpf_pin_dir: PathBuf,
     pub health_probes: HealthProbes,
     pub log_format: LogFormat,
     pub connect_timeout: Duration,
@@ -179,6 +194,8 @@ impl Config {
             delivery_mark: 0x53a,
             preserve_source_ip: true,
             capture: CaptureMode::Auto,
+            capture_fail_mode: FailMode::Closed,
+            bpf_pin_dir: Path::new("/run/ztunnel/bpf").join(node),
             health_probes: HealthProbes::default(),
             log_format: LogFormat::Text,
             connect_timeout: Duration::from_secs(10),
@@ -299,6 +316,19 @@ fn settings(r: &mut Reader, top: &mut Object<'_>, c: &mut Config, base: &Path) {
                 format!("{other:?} is not a capture backend (auto, ebpf, nftables, none)"),
             ),
             None => {}
+        }
+    }
+    if let Some((p, v)) = top.get("captureFailMode") {
+        match r.string(&p, v).as_deref() {
+            Some("closed") => c.capture_fail_mode = FailMode::Closed,
+            Some("open") => c.capture_fail_mode = FailMode::Open,
+            Some(other) => r.error(&p, format!("{other:?} is not a fail mode (closed, open)")),
+            None => {}
+        }
+    }
+    if let Some((p, v)) = top.get("bpfPinDir") {
+        if let Some(s) = r.non_empty(&p, v) {
+            c.bpf_pin_dir = base.join(s);
         }
     }
     if let Some((p, v)) = top.get("healthProbes") {

@@ -15,6 +15,7 @@
 
 mod abi;
 mod cgroup;
+pub mod pin;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -25,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray, SockHash};
-use aya::programs::sk_lookup::SkLookupLinkId;
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{
     CgroupAttachMode, CgroupSockAddr, CgroupSockopt, ProgramError, SkLookup, SockOps,
 };
@@ -33,6 +34,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use self::abi::{counter, Endpoint, NetData, Settings};
+use self::pin::Pins;
 use super::{routing, Backend, Error, Exemption, Marks, Pod, Ports};
 use crate::metrics::EbpfSample;
 
@@ -51,6 +53,20 @@ const SOCK_ADDR_PROGRAMS: [&str; 4] = [
     "zt_getpeername6",
 ];
 const SK_LOOKUP: &str = "zt_sk_lookup";
+/// The programs whose links are pinned (fail-closed): with ztunnel gone they keep pods'
+/// connections pointed at its closed listeners. The others only serve a running ztunnel.
+const PINNED_PROGRAMS: [&str; 2] = ["zt_connect4", "zt_connect6"];
+const MAPS: [&str; 9] = [
+    "settings",
+    "enrolled",
+    "cookie_orig",
+    "tuple_orig",
+    "inbound_listeners",
+    "captured_addrs",
+    "delivery_bypass",
+    "probe_sources",
+    "counters",
+];
 
 /// Why eBPF capture cannot run here; with `capture: auto` ztunnel then uses nftables.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +91,8 @@ pub enum LoadError {
         #[source]
         source: ProgramError,
     },
+    #[error("cannot pin capture state (is a bpffs mountable there?): {0}")]
+    Pin(#[source] io::Error),
     #[error("eBPF map {map} is unusable: {source}")]
     Map {
         map: &'static str,
@@ -88,13 +106,22 @@ pub enum LoadError {
 pub struct Options {
     /// Health-probe source networks whose connections to pods are not captured.
     pub probe_sources: Vec<ipnet::IpNet>,
+    /// Fail-closed: pin links and maps here (on a bpffs, mounted if needed) so they outlive
+    /// the process and a restarted ztunnel adopts them. `None`: fail open.
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// What one enrolled pod put into the kernel, removed in reverse on unenroll.
 struct Enrolled {
     cookie: u64,
-    link: SkLookupLinkId,
+    /// Dropping an unpinned link detaches it; a pinned one detaches once unpinned too.
+    link: PodLink,
     keys: Vec<Endpoint>,
+}
+
+enum PodLink {
+    Owned(#[allow(dead_code)] FdLink),
+    Pinned(#[allow(dead_code)] PinnedLink, String),
 }
 
 struct State {
@@ -102,7 +129,11 @@ struct State {
     bpf: aya::Ebpf,
     enrolled: BpfHashMap<MapData, u64, u32>,
     listeners: SockHash<MapData, Endpoint>,
+    captured: BpfHashMap<MapData, Endpoint, u32>,
     pods: HashMap<String, Enrolled>,
+    pins: Option<Pins>,
+    /// Links this process keeps attached while it runs (pinned ones outlive it).
+    _links: Vec<PinnedLink>,
 }
 
 pub struct Ebpf {
@@ -142,9 +173,18 @@ impl Ebpf {
             path: cgroup.clone(),
             source,
         })?;
-        let mut bpf = aya::EbpfLoader::new()
-            .load(OBJECT)
-            .map_err(LoadError::Object)?;
+        let pins = match &options.pin_dir {
+            Some(dir) => Some(Pins::open(dir).map_err(LoadError::Pin)?),
+            None => None,
+        };
+        let mut loader = aya::EbpfLoader::new();
+        if let Some(pins) = &pins {
+            // Existing pins are opened (re-adoption), missing ones created and pinned.
+            for name in MAPS {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let mut bpf = loader.load(OBJECT).map_err(LoadError::Object)?;
         let mut settings: Array<MapData, Settings> = take(&mut bpf, "settings")?;
         settings
             .set(
@@ -163,6 +203,11 @@ impl Ebpf {
                 source,
             })?;
         let mut probes: LpmTrie<MapData, NetData, u32> = take(&mut bpf, "probe_sources")?;
+        // A pinned trie may hold an earlier configuration's sources.
+        let old: Vec<_> = probes.keys().filter_map(Result::ok).collect();
+        for key in old {
+            let _ = probes.remove(&key);
+        }
         for net in &options.probe_sources {
             probes
                 .insert(&NetData::key(net), 1, 0)
@@ -173,11 +218,13 @@ impl Ebpf {
         }
         let enrolled = take(&mut bpf, "enrolled")?;
         let listeners = take(&mut bpf, "inbound_listeners")?;
+        let captured = take(&mut bpf, "captured_addrs")?;
         let bypass = take(&mut bpf, "delivery_bypass")?;
         let counters = take(&mut bpf, "counters")?;
 
         // Links made through bpf_link_create are always multi-attach; asking for
         // AllowMultiple there is rejected (EINVAL), so Single it is.
+        let mut links = Vec::new();
         for name in SOCK_ADDR_PROGRAMS {
             let p: &mut CgroupSockAddr = bpf
                 .program_mut(name)
@@ -185,8 +232,21 @@ impl Ebpf {
                 .try_into()
                 .map_err(program_error(name))?;
             p.load().map_err(program_error(name))?;
-            p.attach(&cg, CgroupAttachMode::Single)
+            let pins = pins.as_ref().filter(|_| PINNED_PROGRAMS.contains(&name));
+            if let Some(adopted) = pins.and_then(|pins| pins.adopt(name)) {
+                // The previous ztunnel's program stays attached: no gap in capture.
+                tracing::info!(program = name, "adopted pinned capture link");
+                links.push(adopted);
+                continue;
+            }
+            let id = p
+                .attach(&cg, CgroupAttachMode::Single)
                 .map_err(program_error(name))?;
+            if let Some(pins) = pins {
+                let link = p.take_link(id).map_err(program_error(name))?;
+                let fd = FdLink::try_from(link).map_err(|e| LoadError::Pin(io::Error::other(e)))?;
+                links.push(pins.pin(name, fd).map_err(LoadError::Pin)?);
+            }
         }
         let name = "zt_sockops";
         let p: &mut SockOps = bpf
@@ -220,7 +280,10 @@ impl Ebpf {
                 bpf,
                 enrolled,
                 listeners,
+                captured,
                 pods: HashMap::new(),
+                pins,
+                _links: links,
             }),
             bypass: Arc::new(Mutex::new(bypass)),
             counters,
@@ -272,6 +335,7 @@ impl Ebpf {
             peername_rewritten: read(counter::PEERNAME_REWRITTEN),
             delivery_bypassed: read(counter::DELIVERY_BYPASSED),
             probe_bypassed: read(counter::PROBE_BYPASSED),
+            refused_no_listener: read(counter::REFUSED_NO_LISTENER),
             // Counted in the kernel map itself, so a leaked entry would show.
             enrolled_namespaces: i64::try_from(self.state().enrolled.keys().count())
                 .unwrap_or(i64::MAX),
@@ -289,21 +353,51 @@ impl State {
         if let Err(err) = self.enrolled.remove(&e.cookie) {
             tracing::warn!(pod, error = %err, "removing the enrolled-namespace entry failed");
         }
-        match self
-            .bpf
-            .program_mut(SK_LOOKUP)
-            .map(<&mut SkLookup>::try_from)
-        {
-            Some(Ok(p)) => {
-                if let Err(err) = p.detach(e.link) {
-                    tracing::warn!(pod, error = %err, "detaching sk_lookup failed");
+        match e.link {
+            PodLink::Owned(link) => drop(link),
+            PodLink::Pinned(link, name) => {
+                if let Some(pins) = &self.pins {
+                    pins.remove_link(&name);
                 }
+                drop(link);
             }
-            _ => tracing::warn!(pod, "sk_lookup program missing while unenrolling"),
         }
         for key in &e.keys {
             // Already gone when the listener closed first: the kernel drops closed sockets.
             let _ = self.listeners.remove(key);
+            let _ = self.captured.remove(key);
+        }
+    }
+
+    /// After re-adoption: what the previous ztunnel enrolled and this one did not (pods
+    /// removed while it was down) is removed from the pinned maps and links.
+    fn release_stale(&mut self) {
+        let cookies: Vec<u64> = self.pods.values().map(|e| e.cookie).collect();
+        let keys: Vec<Endpoint> = self.pods.values().flat_map(|e| e.keys.clone()).collect();
+        let stale: Vec<u64> = self
+            .enrolled
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|c| !cookies.contains(c))
+            .collect();
+        for cookie in stale {
+            let _ = self.enrolled.remove(&cookie);
+        }
+        let stale: Vec<Endpoint> = self
+            .captured
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keys.contains(k))
+            .collect();
+        for key in stale {
+            let _ = self.captured.remove(&key);
+        }
+        if let Some(pins) = &self.pins {
+            for cookie in pins.pod_cookies() {
+                if !cookies.contains(&cookie) {
+                    pins.remove_link(&Pins::pod_link_name(cookie));
+                }
+            }
         }
     }
 
@@ -340,7 +434,28 @@ impl State {
                     .attach(netns)
                     .map_err(|e| fail("attach sk_lookup to the namespace", e.to_string()))
             });
-        let link = match attached {
+        let link = attached.and_then(|id| {
+            let p: &mut SkLookup = self
+                .bpf
+                .program_mut(SK_LOOKUP)
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(|| fail("find sk_lookup", "missing from the object".into()))?;
+            let fd = FdLink::from(
+                p.take_link(id)
+                    .map_err(|e| fail("take the sk_lookup link", e.to_string()))?,
+            );
+            match &self.pins {
+                // Replaces (detaches) the link a previous ztunnel pinned for this namespace.
+                Some(pins) => {
+                    let name = Pins::pod_link_name(cookie);
+                    pins.pin(&name, fd)
+                        .map(|l| PodLink::Pinned(l, name))
+                        .map_err(|e| fail("pin the sk_lookup link", e.to_string()))
+                }
+                None => Ok(PodLink::Owned(fd)),
+            }
+        });
+        let link = match link {
             Ok(link) => link,
             Err(e) => {
                 for k in &keys {
@@ -349,6 +464,15 @@ impl State {
                 return Err(e);
             }
         };
+        for k in &keys {
+            // Kept when the listener goes (ztunnel died): sk_lookup then refuses.
+            if let Err(e) = self.captured.insert(*k, 1, 0) {
+                self.pods
+                    .insert(pod.name.clone(), Enrolled { cookie, link, keys });
+                self.forget(&pod.name);
+                return Err(fail("record the pod address", e.to_string()));
+            }
+        }
         self.pods
             .insert(pod.name.clone(), Enrolled { cookie, link, keys });
         // Last: from here on the pod's outgoing connections are redirected.
@@ -447,6 +571,10 @@ impl Backend for Ebpf {
                 })
         }
         .boxed()
+    }
+
+    fn release_stale(&self) {
+        self.state().release_stale();
     }
 
     fn exempt_delivery(&self, source: SocketAddr) -> Result<Option<Exemption>, Error> {

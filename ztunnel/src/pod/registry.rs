@@ -126,11 +126,22 @@ impl Registry {
         self.running.lock().await.len()
     }
 
-    /// Stops every pod (on shutdown) and removes its capture rules.
-    pub async fn stop_all(&self) {
+    /// Lets the capture backend drop state a previous ztunnel left for pods no longer here.
+    pub fn release_stale(&self) {
+        if let Some(backend) = &self.capture {
+            backend.release_stale();
+        }
+    }
+
+    /// Stops every pod (on shutdown); removes its capture unless `keep_capture` (fail-closed).
+    pub async fn stop_all(&self, keep_capture: bool) {
         let mut running = self.running.lock().await;
         for (_, r) in running.drain() {
-            self.stop(r).await;
+            if keep_capture {
+                r.pod.cancel.cancel();
+            } else {
+                self.stop(r).await;
+            }
         }
     }
 

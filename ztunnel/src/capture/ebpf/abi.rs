@@ -96,8 +96,9 @@ pub mod counter {
     pub const PEERNAME_REWRITTEN: u32 = 8;
     pub const DELIVERY_BYPASSED: u32 = 9;
     pub const PROBE_BYPASSED: u32 = 10;
+    pub const REFUSED_NO_LISTENER: u32 = 11;
     #[cfg(test)]
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 #[cfg(test)]
