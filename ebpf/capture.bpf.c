@@ -28,6 +28,7 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define SOCK_STREAM 1
+#define SOCK_DGRAM 2
 #define SOL_IP 0
 #define SOL_IPV6 41
 #define SO_ORIGINAL_DST 80 /* IP6T_SO_ORIGINAL_DST has the same number */
@@ -65,6 +66,14 @@ struct {
 	__type(key, struct zt_tuple);
 	__type(value, struct zt_addr);
 } tuple_orig SEC(".maps");
+
+/* DNS redirects: (netns, loopback index) -> the resolver the app asked for. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct zt_dns_key);
+	__type(value, struct zt_addr);
+} dns_orig SEC(".maps");
 
 /* pod address (port 0) -> that pod's inbound plaintext listener. */
 struct {
@@ -157,9 +166,70 @@ static __always_inline int remember(struct bpf_sock_addr *ctx, struct zt_addr *o
 	return 0;
 }
 
+/* UDP to port 53 (IPv4 resolvers): the destination becomes 127.i.i.i:dns_port, where i is
+ * taken from the socket cookie, and the resolver is recorded under (netns, i) for the DNS
+ * listener and by cookie for recvmsg4/getpeername4. */
+static __always_inline int redirect_dns4(struct bpf_sock_addr *ctx)
+{
+	if (ctx->user_port != bpf_htons(53))
+		return 1;
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	if (!is_enrolled(netns))
+		return 1;
+	struct zt_settings *s = get_settings();
+	if (!s || !s->dns_port || v4_is_local(ctx->user_ip4) || is_ztunnel_socket(ctx->sk, s))
+		return 1;
+	struct zt_addr orig = {
+		.addr = { ctx->user_ip4 },
+		.port = (__u16)ctx->user_port,
+		.family = ZT_FAMILY_V4,
+	};
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	/* 2 .. 0xffffff: never 127.0.0.0 or 127.0.0.1 */
+	__u32 index = (__u32)(cookie % 0xfffffe) + 2;
+	struct zt_dns_key key = { .netns = netns, .index = index };
+	if (bpf_map_update_elem(&dns_orig, &key, &orig, BPF_ANY) ||
+	    bpf_map_update_elem(&cookie_orig, &cookie, &orig, BPF_ANY)) {
+		count(ZT_ERROR_CONNECT);
+		return 1;
+	}
+	ctx->user_ip4 = bpf_htonl(0x7f000000 | index);
+	ctx->user_port = bpf_htons(s->dns_port);
+	count(ZT_REDIRECT_DNS);
+	return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int zt_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_DGRAM)
+		return 1;
+	return redirect_dns4(ctx);
+}
+
+/* The reply from 127.i.i.i:dns_port shows as coming from the resolver. */
+SEC("cgroup/recvmsg4")
+int zt_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_DGRAM || (bpf_ntohl(ctx->user_ip4) >> 24) != 127)
+		return 1;
+	struct zt_settings *s = get_settings();
+	if (!s || !s->dns_port || ctx->user_port != bpf_htons(s->dns_port))
+		return 1;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct zt_addr *orig = bpf_map_lookup_elem(&cookie_orig, &cookie);
+	if (!orig || orig->family != ZT_FAMILY_V4)
+		return 1;
+	ctx->user_ip4 = orig->addr[0];
+	ctx->user_port = orig->port;
+	return 1;
+}
+
 SEC("cgroup/connect4")
 int zt_connect4(struct bpf_sock_addr *ctx)
 {
+	if (ctx->type == SOCK_DGRAM)
+		return redirect_dns4(ctx);
 	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
 		return 1;
 	if (!is_enrolled(bpf_get_netns_cookie(ctx)))
@@ -358,7 +428,8 @@ int zt_getsockopt(struct bpf_sockopt *ctx)
 static __always_inline struct zt_addr *redirected_peer(struct bpf_sock_addr *ctx)
 {
 	struct zt_settings *s = get_settings();
-	if (!s || ctx->user_port != bpf_htons(s->outbound_port))
+	if (!s || (ctx->user_port != bpf_htons(s->outbound_port) &&
+		   !(s->dns_port && ctx->user_port == bpf_htons(s->dns_port))))
 		return NULL;
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	return bpf_map_lookup_elem(&cookie_orig, &cookie);
@@ -367,7 +438,7 @@ static __always_inline struct zt_addr *redirected_peer(struct bpf_sock_addr *ctx
 SEC("cgroup/getpeername4")
 int zt_getpeername4(struct bpf_sock_addr *ctx)
 {
-	if (ctx->user_ip4 != bpf_htonl(0x7f000001))
+	if ((bpf_ntohl(ctx->user_ip4) >> 24) != 127)
 		return 1;
 	struct zt_addr *orig = redirected_peer(ctx);
 	if (!orig || orig->family != ZT_FAMILY_V4)

@@ -1351,6 +1351,93 @@ fn ebpf_fail_open_goes_direct_when_killed() {
     echo(m.pod("a"), m.pod("c").addr_v4(8080), b"meshed again").expect("a -> c again");
 }
 
+/// A fake resolver on node 1 (its address towards the pods, port 53) that answers each
+/// query with `answer:<query>` and records the source of every query.
+fn fake_resolver(m: &Mesh) -> (SocketAddr, std::sync::mpsc::Receiver<SocketAddr>) {
+    let addr = SocketAddr::new(mesh_tests::topology::gateway_v4(1).into(), 53);
+    let socket = m
+        .topo
+        .node(1)
+        .run(|| std::net::UdpSocket::bind(addr))
+        .expect("bind the fake resolver");
+    socket.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let mut reply = b"answer:".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&reply, from);
+            if tx.send(from).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// Sends one query from pod `a` to `resolver` (unconnected `sendto`, then a connected socket
+/// as glibc uses) and returns, for each, the app's own port and the reply's source.
+fn dns_queries(m: &Mesh, resolver: SocketAddr) -> Vec<(u16, SocketAddr)> {
+    m.pod("a").run(|| {
+        let mut seen = Vec::new();
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        s.send_to(b"q1", resolver).expect("sendto");
+        let mut buf = [0u8; 64];
+        let (n, from) = s.recv_from(&mut buf).expect("answer to sendto");
+        assert_eq!(&buf[..n], b"answer:q1");
+        seen.push((s.local_addr().expect("local").port(), from));
+        let c = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        c.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        c.connect(resolver).expect("connect");
+        assert_eq!(c.peer_addr().expect("peer"), resolver, "getpeername");
+        c.send(b"q2").expect("send");
+        let n = c.recv(&mut buf).expect("answer on connected socket");
+        assert_eq!(&buf[..n], b"answer:q2");
+        seen.push((c.local_addr().expect("local").port(), resolver));
+        seen
+    })
+}
+
+/// `dns: {capture: true}`: pod a's queries to a resolver reach ztunnel's DNS listener, which
+/// forwards them (from another socket) and relays the answers as if from the resolver; with
+/// capture off the resolver gets them straight from the app's socket.
+fn dns_capture_forwards_to_the_original_resolver(capture: Capture) {
+    for on in [true, false] {
+        let m = Mesh::start(
+            capture,
+            Opts {
+                settings: format!("dns: {{capture: {on}}}\n"),
+                ..Opts::default()
+            },
+        );
+        let (resolver, sources) = fake_resolver(&m);
+        let seen = dns_queries(&m, resolver);
+        for (app_port, reply_from) in seen {
+            assert_eq!(reply_from, resolver, "the answer's source");
+            let source = sources
+                .recv_timeout(TIMEOUT)
+                .expect("query at the resolver");
+            assert_eq!(source.ip(), IpAddr::from(m.pod("a").ipv4));
+            if on {
+                assert_ne!(source.port(), app_port, "the query was not captured");
+            } else {
+                assert_eq!(source.port(), app_port, "DNS was touched with capture off");
+            }
+        }
+        if capture == Capture::Ebpf {
+            let dns = metrics::sample(
+                &m.z1.metrics(),
+                "ztunnel_ebpf_redirects_total",
+                &[("direction", "dns")],
+            )
+            .unwrap_or(0.0);
+            assert_eq!(dns, if on { 2.0 } else { 0.0 }, "{}", m.z1.metrics());
+        }
+    }
+}
+
 /// Every case above, once per capture backend: `ebpf::<case>` and `nftables::<case>`.
 macro_rules! under_both_backends {
     ($($case:ident),* $(,)?) => {
@@ -1387,3 +1474,8 @@ under_both_backends!(
     health_probes_bypass_capture,
     kill_restart_fails_closed_and_readopts,
 );
+
+#[test]
+fn ebpf_dns_capture_forwards_to_the_original_resolver() {
+    dns_capture_forwards_to_the_original_resolver(Capture::Ebpf);
+}

@@ -145,9 +145,15 @@ fn capture_backend(config: &Config, ctx: &Context) -> anyhow::Result<Option<Arc<
     let options = capture::ebpf::Options {
         probe_sources: probe_sources.clone(),
         pin_dir: (config.capture_fail_mode == FailMode::Closed).then(|| config.bpf_pin_dir.clone()),
+        dns_port: config.dns_capture.then_some(config.listeners.dns),
     };
+    let dns_port = options.dns_port;
     let nftables = || -> Arc<dyn Backend> {
-        Arc::new(capture::Nftables::new(ports, marks).with_probe_sources(probe_sources.clone()))
+        Arc::new(
+            capture::Nftables::new(ports, marks)
+                .with_probe_sources(probe_sources.clone())
+                .with_dns(dns_port),
+        )
     };
     Ok(match config.capture {
         CaptureMode::Auto => match capture::Ebpf::load(ports, marks, &options) {

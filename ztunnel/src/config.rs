@@ -58,6 +58,8 @@ pub struct Listeners {
     pub outbound: u16,
     pub inbound_plaintext: u16,
     pub hbone: u16,
+    /// UDP, for captured DNS (`dns.capture`).
+    pub dns: u16,
     /// Addresses in the node's network namespace.
     pub admin: SocketAddr,
     pub metrics: SocketAddr,
@@ -70,6 +72,7 @@ impl Default for Listeners {
             outbound: 15001,
             inbound_plaintext: 15006,
             hbone: 15008,
+            dns: 15053,
             admin: SocketAddr::from(([127, 0, 0, 1], 15000)),
             metrics: SocketAddr::from(([0, 0, 0, 0], 15020)),
             readiness: SocketAddr::from(([0, 0, 0, 0], 15021)),
@@ -166,6 +169,9 @@ pub struct Config {
     /// must be (or becomes, mounted by ztunnel) a bpffs. One directory per ztunnel.
     pub bpf_pin_dir: PathBuf,
     pub health_probes: HealthProbes,
+    /// Capture pods' UDP to port 53 to the pod-local DNS listener, which for now forwards each
+    /// query unchanged to the resolver the app asked for (the DNS proxy is a later step).
+    pub dns_capture: bool,
     pub log_format: LogFormat,
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
@@ -197,6 +203,7 @@ impl Config {
             capture_fail_mode: FailMode::Closed,
             bpf_pin_dir: Path::new("/run/ztunnel/bpf").join(node),
             health_probes: HealthProbes::default(),
+            dns_capture: false,
             log_format: LogFormat::Text,
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
@@ -346,6 +353,14 @@ fn settings(r: &mut Reader, top: &mut Object<'_>, c: &mut Config, base: &Path) {
             r.finish(o);
         }
     }
+    if let Some((p, v)) = top.get("dns") {
+        if let Some(mut o) = r.object(p, v) {
+            if let Some((p, v)) = o.get("capture") {
+                c.dns_capture = r.bool(&p, v).unwrap_or(false);
+            }
+            r.finish(o);
+        }
+    }
     if let Some((p, v)) = top.get("logFormat") {
         match r.string(&p, v).as_deref() {
             Some("text") => c.log_format = LogFormat::Text,
@@ -391,6 +406,7 @@ fn listeners(r: &mut Reader, p: FieldPath, v: &Value, l: &mut Listeners) {
         ("outbound", &mut l.outbound),
         ("inboundPlaintext", &mut l.inbound_plaintext),
         ("hbone", &mut l.hbone),
+        ("dns", &mut l.dns),
     ] {
         if let Some((p, v)) = o.get(name) {
             if let Some(port) = r.port(&p, v) {

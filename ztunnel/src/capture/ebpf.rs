@@ -33,7 +33,7 @@ use aya::programs::{
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use self::abi::{counter, Endpoint, NetData, Settings};
+use self::abi::{counter, Addr, DnsKey, Endpoint, NetData, Settings};
 use self::pin::Pins;
 use super::{routing, Backend, Error, Exemption, Marks, Pod, Ports};
 use crate::metrics::EbpfSample;
@@ -46,17 +46,20 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ca
 /// `SO_NETNS_COOKIE` (Linux 5.14): the cookie `bpf_get_netns_cookie` returns for a namespace.
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
-const SOCK_ADDR_PROGRAMS: [&str; 4] = [
+const SOCK_ADDR_PROGRAMS: [&str; 6] = [
     "zt_connect4",
     "zt_connect6",
     "zt_getpeername4",
     "zt_getpeername6",
+    "zt_sendmsg4",
+    "zt_recvmsg4",
 ];
 const SK_LOOKUP: &str = "zt_sk_lookup";
 /// The programs whose links are pinned (fail-closed): with ztunnel gone they keep pods'
 /// connections pointed at its closed listeners. The others only serve a running ztunnel.
 const PINNED_PROGRAMS: [&str; 2] = ["zt_connect4", "zt_connect6"];
-const MAPS: [&str; 9] = [
+const MAPS: [&str; 10] = [
+    "dns_orig",
     "settings",
     "enrolled",
     "cookie_orig",
@@ -109,6 +112,8 @@ pub struct Options {
     /// Fail-closed: pin links and maps here (on a bpffs, mounted if needed) so they outlive
     /// the process and a restarted ztunnel adopts them. `None`: fail open.
     pub pin_dir: Option<PathBuf>,
+    /// Capture UDP to port 53 (IPv4 resolvers) to this pod-local port.
+    pub dns_port: Option<u16>,
 }
 
 /// What one enrolled pod put into the kernel, removed in reverse on unenroll.
@@ -130,6 +135,7 @@ struct State {
     enrolled: BpfHashMap<MapData, u64, u32>,
     listeners: SockHash<MapData, Endpoint>,
     captured: BpfHashMap<MapData, Endpoint, u32>,
+    dns: BpfHashMap<MapData, DnsKey, Addr>,
     pods: HashMap<String, Enrolled>,
     pins: Option<Pins>,
     /// Links this process keeps attached while it runs (pinned ones outlive it).
@@ -194,6 +200,7 @@ impl Ebpf {
                     delivery_mark: marks.delivery,
                     outbound_port: ports.outbound,
                     hbone_port: ports.hbone,
+                    dns_port: options.dns_port.unwrap_or(0),
                     pad: 0,
                 },
                 0,
@@ -219,6 +226,7 @@ impl Ebpf {
         let enrolled = take(&mut bpf, "enrolled")?;
         let listeners = take(&mut bpf, "inbound_listeners")?;
         let captured = take(&mut bpf, "captured_addrs")?;
+        let dns = take(&mut bpf, "dns_orig")?;
         let bypass = take(&mut bpf, "delivery_bypass")?;
         let counters = take(&mut bpf, "counters")?;
 
@@ -281,6 +289,7 @@ impl Ebpf {
                 enrolled,
                 listeners,
                 captured,
+                dns,
                 pods: HashMap::new(),
                 pins,
                 _links: links,
@@ -321,6 +330,7 @@ impl Ebpf {
             redirects: vec![
                 ("outbound", read(counter::REDIRECT_OUTBOUND)),
                 ("inbound", read(counter::REDIRECT_INBOUND)),
+                ("dns", read(counter::REDIRECT_DNS)),
             ],
             misses: vec![
                 ("sockops", read(counter::MISS_SOCKOPS)),
@@ -575,6 +585,23 @@ impl Backend for Ebpf {
 
     fn release_stale(&self) {
         self.state().release_stale();
+    }
+
+    fn dns_original(&self, pod: &str, local: SocketAddr) -> Option<SocketAddr> {
+        let std::net::IpAddr::V4(ip) = local.ip() else {
+            return None;
+        };
+        let [first, a, b, c] = ip.octets();
+        if first != 127 {
+            return None;
+        }
+        let state = self.state();
+        let key = DnsKey {
+            netns: state.pods.get(pod)?.cookie,
+            index: u32::from_be_bytes([0, a, b, c]),
+            pad: 0,
+        };
+        state.dns.get(&key, 0).ok()?.socket_addr()
     }
 
     fn exempt_delivery(&self, source: SocketAddr) -> Result<Option<Exemption>, Error> {

@@ -19,6 +19,7 @@ pub struct Nftables {
     ports: Ports,
     marks: Marks,
     probe_sources: Vec<IpNet>,
+    dns_port: Option<u16>,
 }
 
 impl Nftables {
@@ -27,7 +28,14 @@ impl Nftables {
             ports,
             marks,
             probe_sources: Vec::new(),
+            dns_port: None,
         }
+    }
+
+    /// Capture UDP to port 53 to this pod-local port.
+    pub fn with_dns(mut self, port: Option<u16>) -> Self {
+        self.dns_port = port;
+        self
     }
 
     /// Connections from these sources (health probes) reach the pod's apps uncaptured.
@@ -68,6 +76,10 @@ impl Nftables {
         } = self.ports;
         let Marks { bypass, delivery } = self.marks;
         let probes = self.probe_rules();
+        let dns = self
+            .dns_port
+            .map(|p| format!("        meta nfproto ipv4 udp dport 53 redirect to :{p}\n"))
+            .unwrap_or_default();
         format!(
             r#"table inet {TABLE} {{}}
 delete table inet {TABLE}
@@ -88,7 +100,7 @@ table inet {TABLE} {{
         oif "lo" return
         meta mark {bypass:#x} return
         meta mark {delivery:#x} return
-        meta l4proto tcp redirect to :{outbound}
+{dns}        meta l4proto tcp redirect to :{outbound}
     }}
     chain prerouting_nat {{
         type nat hook prerouting priority -100; policy accept;

@@ -188,6 +188,18 @@ impl Registry {
         let outbound_l = listen(ports.outbound).await?;
         let plaintext_l = listen(ports.inbound_plaintext).await?;
         let hbone_l = listen(ports.hbone).await?;
+        let dns_l = if ctx.config.dns_capture {
+            let socket = crate::dns::bind(&netns, ports.dns, ctx.config.socket_mark)
+                .await
+                .map_err(|source| Error::Listen {
+                    uid: uid.clone(),
+                    port: ports.dns,
+                    source,
+                })?;
+            Some(socket)
+        } else {
+            None
+        };
         let inbound_listener =
             plaintext_l
                 .as_fd()
@@ -218,6 +230,9 @@ impl Registry {
             }
         }
         tokio::spawn(outbound::serve(ctx.clone(), pod.clone(), outbound_l));
+        if let Some(socket) = dns_l {
+            tokio::spawn(crate::dns::serve(ctx.clone(), pod.clone(), socket));
+        }
         tokio::spawn(inbound::plaintext::serve(
             ctx.clone(),
             pod.clone(),
