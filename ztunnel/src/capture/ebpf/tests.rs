@@ -166,6 +166,9 @@ async fn unenroll_leaves_nothing_behind() {
     let mut served = accept(&app_l).await;
     echo_check(&mut client, &mut served).await;
     let s = env.backend.sample();
-    assert_eq!(s.redirects, vec![("outbound", 0), ("inbound", 0)]);
+    assert_eq!(
+        s.redirects,
+        vec![("outbound", 0), ("inbound", 0), ("dns", 0)]
+    );
     drop(env.pair);
 }
