@@ -1473,9 +1473,5 @@ under_both_backends!(
     admin_endpoints_and_json_access_log,
     health_probes_bypass_capture,
     kill_restart_fails_closed_and_readopts,
+    dns_capture_forwards_to_the_original_resolver,
 );
-
-#[test]
-fn ebpf_dns_capture_forwards_to_the_original_resolver() {
-    dns_capture_forwards_to_the_original_resolver(Capture::Ebpf);
-}

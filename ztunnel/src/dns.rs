@@ -4,8 +4,9 @@
 //! (so it is not captured again), and the answer is relayed back so the app sees it come
 //! from that resolver.
 //!
-//! The original resolver comes from the datagram's original destination: nftables REDIRECT
-//! reports it through `IP_RECVORIGDSTADDR` (and conntrack rewrites the reply's source); eBPF
+//! The original resolver comes from the datagram's original destination: nftables steers it
+//! with TPROXY, so `IP_RECVORIGDSTADDR` reports the resolver, and the answer is sent from the
+//! resolver's address (transparent socket, `IP_PKTINFO`); eBPF
 //! sends to `127.i.i.i` and keeps the resolver under that index, which the backend decodes
 //! ([`crate::capture::Backend::dns_original`]); the reply is then sent from that same address
 //! (`IP_PKTINFO`) and `recvmsg4` shows the app the resolver.
@@ -40,6 +41,9 @@ pub async fn bind(netns: &Netns, port: u16, mark: u32) -> io::Result<UdpSocket> 
             let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
             socket.set_mark(mark)?;
             socket.set_reuse_address(true)?;
+            // nftables steers queries here with TPROXY (destination: the resolver), and the
+            // answers go out from the resolver's address.
+            socket.set_ip_transparent_v4(true)?;
             setsockopt(&socket, sockopt::Ipv4OrigDstAddr, &true).map_err(io::Error::from)?;
             socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
             socket.set_nonblocking(true)?;
@@ -118,42 +122,58 @@ async fn answer(ctx: Arc<Context>, pod: Arc<Pod>, socket: Arc<UdpSocket>, q: Que
     let reply = match forward(&ctx, &pod, resolver, &q.data).await {
         Ok(r) => r,
         Err(e) => {
-            tracing::debug!(pod = %pod.uid, %resolver, error = %e, "DNS forward failed");
+            tracing::warn!(pod = %pod.uid, %resolver, error = %e, "DNS forward failed");
             return;
         }
     };
-    // The app's socket may be connected to 127.i.i.i: the answer must come from there.
-    let source = decoded.map(|_| *local.ip());
-    let sent = socket
-        .async_io(Interest::WRITABLE, || {
-            send_reply(socket.as_raw_fd(), &reply, q.client, source)
-        })
-        .await;
+    let sent = if decoded.is_some() {
+        // eBPF: the app's socket may be connected to 127.i.i.i, a local address; the answer
+        // leaves the listener from there (recvmsg4 shows the app the resolver).
+        let source = *local.ip();
+        socket
+            .async_io(Interest::WRITABLE, || {
+                send_reply(socket.as_raw_fd(), &reply, q.client, source)
+            })
+            .await
+    } else {
+        // nftables TPROXY: the answer must come from the resolver's own (foreign) address.
+        let mark = ctx.config.socket_mark;
+        let client = q.client;
+        pod.netns
+            .run(move || reply_from(SocketAddr::V4(local), client, &reply, mark))
+            .await
+            .and_then(|r| r)
+    };
     if let Err(e) = sent {
         tracing::debug!(pod = %pod.uid, client = %q.client, error = %e, "DNS reply failed");
     }
 }
 
-fn send_reply(fd: RawFd, reply: &[u8], to: SocketAddr, source: Option<Ipv4Addr>) -> io::Result<()> {
+/// Sends `reply` to `client` from `source`, which need not be a local address.
+fn reply_from(source: SocketAddr, client: SocketAddr, reply: &[u8], mark: u32) -> io::Result<()> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_mark(mark)?;
+    socket.set_ip_transparent_v4(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&source.into())?;
+    socket.send_to(reply, &client.into())?;
+    Ok(())
+}
+
+fn send_reply(fd: RawFd, reply: &[u8], to: SocketAddr, source: Ipv4Addr) -> io::Result<()> {
     let SocketAddr::V4(to) = to else {
         return Err(io::Error::other("IPv6 client on the IPv4 DNS listener"));
     };
     let to = SockaddrIn::from(to);
     let iov = [IoSlice::new(reply)];
-    let info;
-    let cmsgs: Vec<ControlMessage<'_>> = match source {
-        Some(ip) => {
-            info = libc::in_pktinfo {
-                ipi_ifindex: 0,
-                ipi_spec_dst: libc::in_addr {
-                    s_addr: u32::from(ip).to_be(),
-                },
-                ipi_addr: libc::in_addr { s_addr: 0 },
-            };
-            vec![ControlMessage::Ipv4PacketInfo(&info)]
-        }
-        None => Vec::new(),
+    let info = libc::in_pktinfo {
+        ipi_ifindex: 0,
+        ipi_spec_dst: libc::in_addr {
+            s_addr: u32::from(source).to_be(),
+        },
+        ipi_addr: libc::in_addr { s_addr: 0 },
     };
+    let cmsgs = [ControlMessage::Ipv4PacketInfo(&info)];
     sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(&to)).map_err(io::Error::from)?;
     Ok(())
 }

@@ -76,10 +76,20 @@ impl Nftables {
         } = self.ports;
         let Marks { bypass, delivery } = self.marks;
         let probes = self.probe_rules();
-        let dns = self
-            .dns_port
-            .map(|p| format!("        meta nfproto ipv4 udp dport 53 redirect to :{p}\n"))
-            .unwrap_or_default();
+        // DNS is steered with TPROXY, not NAT, so the listener sees the resolver's address as
+        // the datagram's destination: the app's query gets the delivery mark (the fwmark rule
+        // routes it over `lo`), and on `lo` it is handed to the listener unchanged.
+        let (dns_mark, dns_tproxy) = match self.dns_port {
+            Some(p) => (
+                format!(
+                    "        meta mark != {bypass:#x} meta nfproto ipv4 udp dport 53 meta mark set {delivery:#x}\n"
+                ),
+                format!(
+                    "        iif \"lo\" meta mark {delivery:#x} meta nfproto ipv4 udp dport 53 tproxy ip to :{p}\n"
+                ),
+            ),
+            None => (String::new(), String::new()),
+        };
         format!(
             r#"table inet {TABLE} {{}}
 delete table inet {TABLE}
@@ -87,20 +97,20 @@ table inet {TABLE} {{
     # Connections opened by ztunnel's delivery sockets are remembered in conntrack ...
     chain output_route {{
         type route hook output priority mangle; policy accept;
-        meta mark {delivery:#x} ct mark set {delivery:#x}
+{dns_mark}        meta mark {delivery:#x} ct mark set {delivery:#x}
         # ... so the app's replies carry the mark again and are rerouted to the local table.
         ct mark {delivery:#x} meta mark set ct mark
     }}
     chain prerouting_mangle {{
         type filter hook prerouting priority mangle; policy accept;
         ct mark {delivery:#x} meta mark set ct mark
-    }}
+{dns_tproxy}    }}
     chain output_nat {{
         type nat hook output priority -100; policy accept;
         oif "lo" return
         meta mark {bypass:#x} return
         meta mark {delivery:#x} return
-{dns}        meta l4proto tcp redirect to :{outbound}
+        meta l4proto tcp redirect to :{outbound}
     }}
     chain prerouting_nat {{
         type nat hook prerouting priority -100; policy accept;

@@ -110,6 +110,27 @@ fn ruleset_uses_configured_ports_and_marks() {
     assert!(rules.contains("meta mark 0x10 return"), "{rules}");
     assert!(rules.contains("meta mark 0x20 ct mark set 0x20"), "{rules}");
     assert!(!rules.contains("saddr"), "{rules}");
+    assert!(
+        !rules.contains("dport 53"),
+        "DNS captured by default: {rules}"
+    );
+}
+
+#[test]
+fn dns_capture_marks_queries_and_tproxies_them_on_lo() {
+    let rules = Nftables::new(Ports::default(), Marks::default())
+        .with_dns(Some(15053))
+        .ruleset();
+    assert!(
+        rules.contains("meta mark != 0x539 meta nfproto ipv4 udp dport 53 meta mark set 0x53a"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains(
+            "iif \"lo\" meta mark 0x53a meta nfproto ipv4 udp dport 53 tproxy ip to :15053"
+        ),
+        "{rules}"
+    );
 }
 
 #[test]
