@@ -1323,6 +1323,32 @@ fn kill_restart_fails_closed_and_readopts(capture: Capture) {
     }
 }
 
+/// `ztunnel uninstall-capture` after a fail-closed ztunnel was killed: the pinned state and
+/// the pods' nftables tables are gone, and pods' traffic goes direct.
+fn uninstall_capture_removes_what_a_killed_ztunnel_left(capture: Capture) {
+    let mut m = Mesh::start(capture, Opts::default());
+    let c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"meshed").expect("a -> c");
+    m.z1.signal(nix::sys::signal::Signal::SIGKILL)
+        .expect("kill -9");
+    m.z1.wait_exit(TIMEOUT).expect("ztunnel n1 gone");
+    assert!(echo(m.pod("a"), m.pod("c").addr_v4(8080), b"down").is_err());
+    let out = std::process::Command::new(mesh_tests::daemon::binary().expect("ztunnel binary"))
+        .args(["uninstall-capture", "--config"])
+        .arg(config_path(m.dir.path(), 1))
+        .args(["--node", "n1"])
+        .output()
+        .expect("run uninstall-capture");
+    assert!(out.status.success(), "uninstall-capture failed: {out:?}");
+    assert!(!pin_dir(&m.topo, 1).exists(), "pins left behind");
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"direct").expect("a -> c direct");
+    assert_eq!(
+        c.peers().last().map(|p| p.ip()),
+        Some(IpAddr::from(m.pod("a").ipv4)),
+        "c did not see a's own address"
+    );
+}
+
 /// `captureFailMode: open` with eBPF: nothing is pinned, and once ztunnel is killed pods'
 /// traffic goes direct. (nftables rules live in the pod's namespace and cannot be removed by a
 /// killed process: that backend fails open only on a clean shutdown.)
@@ -1474,4 +1500,5 @@ under_both_backends!(
     health_probes_bypass_capture,
     kill_restart_fails_closed_and_readopts,
     dns_capture_forwards_to_the_original_resolver,
+    uninstall_capture_removes_what_a_killed_ztunnel_left,
 );
