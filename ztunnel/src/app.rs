@@ -95,8 +95,9 @@ pub async fn run(config_path: &Path, node: &str) -> anyhow::Result<()> {
     );
 
     let initial = registry.reconcile(&store.load()).await;
-    registry.release_stale();
     if initial.is_empty() {
+        // Only once every pod is back: a pod that failed to re-enroll keeps its pinned capture.
+        registry.release_stale();
         admin.ready.store(true, Ordering::Release);
         let pods = registry.running().await;
         tracing::info!(pods, "ready");
@@ -187,6 +188,7 @@ async fn react(ctx: Arc<Context>, registry: Arc<Registry>, admin: Arc<Admin>) {
         let snap = ctx.store.load();
         let failed = registry.reconcile(&snap).await;
         if failed.is_empty() && !admin.ready.swap(true, Ordering::AcqRel) {
+            registry.release_stale();
             let pods = registry.running().await;
             tracing::info!(pods, "ready");
         }
