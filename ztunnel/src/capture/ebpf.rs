@@ -16,6 +16,7 @@
 mod abi;
 mod cgroup;
 pub mod pin;
+mod state;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -25,16 +26,17 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray, SockHash};
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray};
+use aya::programs::links::FdLink;
 use aya::programs::{
     CgroupAttachMode, CgroupSockAddr, CgroupSockopt, ProgramError, SkLookup, SockOps,
 };
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use self::abi::{counter, Addr, DnsKey, Endpoint, NetData, Settings};
+use self::abi::{counter, DnsKey, Endpoint, NetData, Settings};
 use self::pin::Pins;
+use self::state::State;
 use super::{routing, Backend, Error, Exemption, Marks, Pod, Ports};
 use crate::metrics::EbpfSample;
 
@@ -114,32 +116,6 @@ pub struct Options {
     pub pin_dir: Option<PathBuf>,
     /// Capture UDP to port 53 (IPv4 resolvers) to this pod-local port.
     pub dns_port: Option<u16>,
-}
-
-/// What one enrolled pod put into the kernel, removed in reverse on unenroll.
-struct Enrolled {
-    cookie: u64,
-    /// Dropping an unpinned link detaches it; a pinned one detaches once unpinned too.
-    link: PodLink,
-    keys: Vec<Endpoint>,
-}
-
-enum PodLink {
-    Owned(#[allow(dead_code)] FdLink),
-    Pinned(#[allow(dead_code)] PinnedLink, String),
-}
-
-struct State {
-    /// Owns the programs and with them every link (cgroup and sk_lookup).
-    bpf: aya::Ebpf,
-    enrolled: BpfHashMap<MapData, u64, u32>,
-    listeners: SockHash<MapData, Endpoint>,
-    captured: BpfHashMap<MapData, Endpoint, u32>,
-    dns: BpfHashMap<MapData, DnsKey, Addr>,
-    pods: HashMap<String, Enrolled>,
-    pins: Option<Pins>,
-    /// Links this process keeps attached while it runs (pinned ones outlive it).
-    _links: Vec<PinnedLink>,
 }
 
 pub struct Ebpf {
@@ -350,147 +326,6 @@ impl Ebpf {
             enrolled_namespaces: i64::try_from(self.state().enrolled.keys().count())
                 .unwrap_or(i64::MAX),
         }
-    }
-}
-
-impl State {
-    /// Undoes an enrollment in reverse order: the enrolled entry (outbound stops), the
-    /// sk_lookup link, the listener entries. Errors are logged: the goal is a clean state.
-    fn forget(&mut self, pod: &str) {
-        let Some(e) = self.pods.remove(pod) else {
-            return;
-        };
-        if let Err(err) = self.enrolled.remove(&e.cookie) {
-            tracing::warn!(pod, error = %err, "removing the enrolled-namespace entry failed");
-        }
-        match e.link {
-            PodLink::Owned(link) => drop(link),
-            PodLink::Pinned(link, name) => {
-                if let Some(pins) = &self.pins {
-                    pins.remove_link(&name);
-                }
-                drop(link);
-            }
-        }
-        for key in &e.keys {
-            // Already gone when the listener closed first: the kernel drops closed sockets.
-            let _ = self.listeners.remove(key);
-            let _ = self.captured.remove(key);
-        }
-    }
-
-    /// After re-adoption: what the previous ztunnel enrolled and this one did not (pods
-    /// removed while it was down) is removed from the pinned maps and links.
-    fn release_stale(&mut self) {
-        let cookies: Vec<u64> = self.pods.values().map(|e| e.cookie).collect();
-        let keys: Vec<Endpoint> = self.pods.values().flat_map(|e| e.keys.clone()).collect();
-        let stale: Vec<u64> = self
-            .enrolled
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|c| !cookies.contains(c))
-            .collect();
-        for cookie in stale {
-            let _ = self.enrolled.remove(&cookie);
-        }
-        let stale: Vec<Endpoint> = self
-            .captured
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !keys.contains(k))
-            .collect();
-        for key in stale {
-            let _ = self.captured.remove(&key);
-        }
-        if let Some(pins) = &self.pins {
-            for cookie in pins.pod_cookies() {
-                if !cookies.contains(&cookie) {
-                    pins.remove_link(&Pins::pod_link_name(cookie));
-                }
-            }
-        }
-    }
-
-    fn enroll(
-        &mut self,
-        pod: &Pod,
-        cookie: u64,
-        netns: &File,
-        listener: &impl AsRawFd,
-    ) -> Result<(), Error> {
-        let fail = |action: &'static str, reason: String| Error::Ebpf {
-            pod: pod.name.clone(),
-            action,
-            reason,
-        };
-        let mut keys = Vec::new();
-        for ip in &pod.ips {
-            let key = Endpoint::new(*ip, 0);
-            if let Err(e) = self.listeners.insert(key, listener.as_raw_fd(), 0) {
-                for k in &keys {
-                    let _ = self.listeners.remove(k);
-                }
-                return Err(fail("register the inbound listener", e.to_string()));
-            }
-            keys.push(key);
-        }
-        let attached = self
-            .bpf
-            .program_mut(SK_LOOKUP)
-            .ok_or_else(|| fail("find sk_lookup", "missing from the object".into()))
-            .and_then(|p| {
-                <&mut SkLookup>::try_from(p)
-                    .map_err(|e| fail("use sk_lookup", e.to_string()))?
-                    .attach(netns)
-                    .map_err(|e| fail("attach sk_lookup to the namespace", e.to_string()))
-            });
-        let link = attached.and_then(|id| {
-            let p: &mut SkLookup = self
-                .bpf
-                .program_mut(SK_LOOKUP)
-                .and_then(|p| p.try_into().ok())
-                .ok_or_else(|| fail("find sk_lookup", "missing from the object".into()))?;
-            let fd = FdLink::from(
-                p.take_link(id)
-                    .map_err(|e| fail("take the sk_lookup link", e.to_string()))?,
-            );
-            match &self.pins {
-                // Replaces (detaches) the link a previous ztunnel pinned for this namespace.
-                Some(pins) => {
-                    let name = Pins::pod_link_name(cookie);
-                    pins.pin(&name, fd)
-                        .map(|l| PodLink::Pinned(l, name))
-                        .map_err(|e| fail("pin the sk_lookup link", e.to_string()))
-                }
-                None => Ok(PodLink::Owned(fd)),
-            }
-        });
-        let link = match link {
-            Ok(link) => link,
-            Err(e) => {
-                for k in &keys {
-                    let _ = self.listeners.remove(k);
-                }
-                return Err(e);
-            }
-        };
-        for k in &keys {
-            // Kept when the listener goes (ztunnel died): sk_lookup then refuses.
-            if let Err(e) = self.captured.insert(*k, 1, 0) {
-                self.pods
-                    .insert(pod.name.clone(), Enrolled { cookie, link, keys });
-                self.forget(&pod.name);
-                return Err(fail("record the pod address", e.to_string()));
-            }
-        }
-        self.pods
-            .insert(pod.name.clone(), Enrolled { cookie, link, keys });
-        // Last: from here on the pod's outgoing connections are redirected.
-        if let Err(e) = self.enrolled.insert(cookie, 1, 0) {
-            self.forget(&pod.name);
-            return Err(fail("enroll the namespace", e.to_string()));
-        }
-        Ok(())
     }
 }
 
