@@ -28,6 +28,7 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define SOCK_STREAM 1
+#define SOCK_DGRAM 2
 #define SOL_IP 0
 #define SOL_IPV6 41
 #define SO_ORIGINAL_DST 80 /* IP6T_SO_ORIGINAL_DST has the same number */
@@ -66,6 +67,14 @@ struct {
 	__type(value, struct zt_addr);
 } tuple_orig SEC(".maps");
 
+/* DNS redirects: (netns, loopback index) -> the resolver the app asked for. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct zt_dns_key);
+	__type(value, struct zt_addr);
+} dns_orig SEC(".maps");
+
 /* pod address (port 0) -> that pod's inbound plaintext listener. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -73,6 +82,16 @@ struct {
 	__type(key, struct zt_endpoint);
 	__type(value, __u32); /* aya's SockHash wants 4 bytes */
 } inbound_listeners SEC(".maps");
+
+/* Enrolled pods' addresses (port 0), kept while the listener above comes and goes: with the
+ * maps pinned (fail-closed), connections to a pod whose ztunnel is gone are refused here
+ * instead of reaching the app around the mesh. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct zt_endpoint);
+	__type(value, __u32);
+} captured_addrs SEC(".maps");
 
 /* Source address and port of ztunnel's own connections to apps, filled just before connect:
  * sk_lookup cannot see socket marks, and without this the delivery would loop back to 15006. */
@@ -82,6 +101,15 @@ struct {
 	__type(key, struct zt_endpoint);
 	__type(value, __u32);
 } delivery_bypass SEC(".maps");
+
+/* Source networks of health probes (healthProbes.sources): not captured inbound. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct zt_net);
+	__type(value, __u32);
+} probe_sources SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -138,9 +166,70 @@ static __always_inline int remember(struct bpf_sock_addr *ctx, struct zt_addr *o
 	return 0;
 }
 
+/* UDP to port 53 (IPv4 resolvers): the destination becomes 127.i.i.i:dns_port, where i is
+ * taken from the socket cookie, and the resolver is recorded under (netns, i) for the DNS
+ * listener and by cookie for recvmsg4/getpeername4. */
+static __always_inline int redirect_dns4(struct bpf_sock_addr *ctx)
+{
+	if (ctx->user_port != bpf_htons(53))
+		return 1;
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	if (!is_enrolled(netns))
+		return 1;
+	struct zt_settings *s = get_settings();
+	if (!s || !s->dns_port || v4_is_local(ctx->user_ip4) || is_ztunnel_socket(ctx->sk, s))
+		return 1;
+	struct zt_addr orig = {
+		.addr = { ctx->user_ip4 },
+		.port = (__u16)ctx->user_port,
+		.family = ZT_FAMILY_V4,
+	};
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	/* 2 .. 0xffffff: never 127.0.0.0 or 127.0.0.1 */
+	__u32 index = (__u32)(cookie % 0xfffffe) + 2;
+	struct zt_dns_key key = { .netns = netns, .index = index };
+	if (bpf_map_update_elem(&dns_orig, &key, &orig, BPF_ANY) ||
+	    bpf_map_update_elem(&cookie_orig, &cookie, &orig, BPF_ANY)) {
+		count(ZT_ERROR_CONNECT);
+		return 1;
+	}
+	ctx->user_ip4 = bpf_htonl(0x7f000000 | index);
+	ctx->user_port = bpf_htons(s->dns_port);
+	count(ZT_REDIRECT_DNS);
+	return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int zt_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_DGRAM)
+		return 1;
+	return redirect_dns4(ctx);
+}
+
+/* The reply from 127.i.i.i:dns_port shows as coming from the resolver. */
+SEC("cgroup/recvmsg4")
+int zt_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_DGRAM || (bpf_ntohl(ctx->user_ip4) >> 24) != 127)
+		return 1;
+	struct zt_settings *s = get_settings();
+	if (!s || !s->dns_port || ctx->user_port != bpf_htons(s->dns_port))
+		return 1;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct zt_addr *orig = bpf_map_lookup_elem(&cookie_orig, &cookie);
+	if (!orig || orig->family != ZT_FAMILY_V4)
+		return 1;
+	ctx->user_ip4 = orig->addr[0];
+	ctx->user_port = orig->port;
+	return 1;
+}
+
 SEC("cgroup/connect4")
 int zt_connect4(struct bpf_sock_addr *ctx)
 {
+	if (ctx->type == SOCK_DGRAM)
+		return redirect_dns4(ctx);
 	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
 		return 1;
 	if (!is_enrolled(bpf_get_netns_cookie(ctx)))
@@ -339,7 +428,8 @@ int zt_getsockopt(struct bpf_sockopt *ctx)
 static __always_inline struct zt_addr *redirected_peer(struct bpf_sock_addr *ctx)
 {
 	struct zt_settings *s = get_settings();
-	if (!s || ctx->user_port != bpf_htons(s->outbound_port))
+	if (!s || (ctx->user_port != bpf_htons(s->outbound_port) &&
+		   !(s->dns_port && ctx->user_port == bpf_htons(s->dns_port))))
 		return NULL;
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	return bpf_map_lookup_elem(&cookie_orig, &cookie);
@@ -348,7 +438,7 @@ static __always_inline struct zt_addr *redirected_peer(struct bpf_sock_addr *ctx
 SEC("cgroup/getpeername4")
 int zt_getpeername4(struct bpf_sock_addr *ctx)
 {
-	if (ctx->user_ip4 != bpf_htonl(0x7f000001))
+	if ((bpf_ntohl(ctx->user_ip4) >> 24) != 127)
 		return 1;
 	struct zt_addr *orig = redirected_peer(ctx);
 	if (!orig || orig->family != ZT_FAMILY_V4)
@@ -418,10 +508,24 @@ int zt_sk_lookup(struct bpf_sk_lookup *ctx)
 		count(ZT_DELIVERY_BYPASSED);
 		return SK_PASS;
 	}
+	struct zt_net probe = {
+		.prefixlen = 32 + (remote.family == ZT_FAMILY_V4 ? 32 : 128),
+		.family = remote.family,
+		.addr = { remote.addr[0], remote.addr[1], remote.addr[2], remote.addr[3] },
+	};
+	if (bpf_map_lookup_elem(&probe_sources, &probe)) {
+		count(ZT_PROBE_BYPASSED);
+		return SK_PASS;
+	}
 	/* Not a pod address (loopback, say): the normal lookup applies. */
 	struct bpf_sock *sk = bpf_map_lookup_elem(&inbound_listeners, &local);
-	if (!sk)
+	if (!sk) {
+		if (bpf_map_lookup_elem(&captured_addrs, &local)) {
+			count(ZT_REFUSED_NO_LISTENER);
+			return SK_DROP;
+		}
 		return SK_PASS;
+	}
 	long err = bpf_sk_assign(ctx, sk, 0);
 	bpf_sk_release(sk);
 	count(err ? ZT_ERROR_SK_LOOKUP : ZT_REDIRECT_INBOUND);

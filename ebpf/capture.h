@@ -16,6 +16,16 @@ struct zt_settings {
 	__u32 delivery_mark; /* ztunnel's transparent delivery sockets: never redirected */
 	__u16 outbound_port; /* pod-local outbound listener */
 	__u16 hbone_port;    /* left alone by sk_lookup */
+	__u16 dns_port;      /* pod-local DNS listener; 0: DNS is not captured */
+	__u16 pad;
+};
+
+/* A redirected DNS socket: (netns, index) where the index is the low 24 bits of the loopback
+ * address 127.i.i.i its datagrams were sent to, so the DNS listener can read the original
+ * resolver from the destination address of each datagram. */
+struct zt_dns_key {
+	__u64 netns;
+	__u32 index;
 	__u32 pad;
 };
 
@@ -42,6 +52,14 @@ struct zt_endpoint {
 	__u32 family;
 };
 
+/* A source network whose connections sk_lookup leaves alone (health probes). LPM trie key:
+ * prefixlen counts bits from `family` on, so it is 32 + the network's prefix length. */
+struct zt_net {
+	__u32 prefixlen;
+	__u32 family;
+	__u32 addr[4]; /* network order */
+};
+
 /* Indices of the per-CPU counters array. */
 enum zt_counter {
 	ZT_REDIRECT_OUTBOUND = 0, /* connect4/6 rewrote a destination */
@@ -54,6 +72,9 @@ enum zt_counter {
 	ZT_ORIGINAL_DST_ANSWERED, /* getsockopt answered SO_ORIGINAL_DST */
 	ZT_PEERNAME_REWRITTEN,    /* getpeername showed the app its intended peer */
 	ZT_DELIVERY_BYPASSED,     /* ztunnel's own delivery passed sk_lookup untouched */
+	ZT_PROBE_BYPASSED,        /* a health probe source passed sk_lookup untouched */
+	ZT_REFUSED_NO_LISTENER,   /* fail-closed: a captured pod address had no listener */
+	ZT_REDIRECT_DNS,          /* a UDP datagram or connect to port 53 went to the DNS listener */
 	ZT_COUNTERS,
 };
 

@@ -34,7 +34,7 @@ fn spiffe(sa: &str) -> String {
 /// live), one CA in `dir/state`, and c denies [`BLOCKED_ID`].
 fn render(topo: &Topology, dir: &Path) -> String {
     let mut y = format!(
-        "trustDomain: {TD}\nstateDir: {}\ndrainTimeout: 2s\nworkloads:\n",
+        "trustDomain: {TD}\nstateDir: {}\ndrainTimeout: 2s\ncaptureFailMode: open\nworkloads:\n",
         dir.join("state").display()
     );
     for p in topo.pods() {

@@ -78,6 +78,34 @@ struct Mesh {
     z2: Ztunnel,
 }
 
+/// The host's bpffs for pinned capture state. ztunnel mounts one itself when it sees none, but
+/// it runs under `ip netns exec` (a private mount namespace), where such a mount dies with the
+/// process; mounted here, in the test's (host) mount namespace, the pins outlive a ztunnel.
+const BPFFS: &str = "/run/ztunnel/bpf";
+
+fn ensure_host_bpffs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::fs::create_dir_all(BPFFS).expect("create the bpffs mount point");
+        let mounts = std::fs::read_to_string("/proc/self/mounts").expect("read mounts");
+        if !mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(BPFFS) && l.contains(" bpf "))
+        {
+            let out = std::process::Command::new("mount")
+                .args(["-t", "bpf", "bpf", BPFFS])
+                .output()
+                .expect("run mount");
+            assert!(out.status.success(), "mounting a bpffs at {BPFFS}: {out:?}");
+        }
+    });
+}
+
+/// Each test's ztunnels pin into their own directory (several run at once on one machine).
+fn pin_dir(topo: &Topology, node: u8) -> PathBuf {
+    Path::new(BPFFS).join(format!("{}-n{node}", topo.prefix()))
+}
+
 fn config_path(dir: &Path, node: u8) -> PathBuf {
     dir.join(format!("ztunnel-n{node}.yaml"))
 }
@@ -95,6 +123,7 @@ fn render(topo: &Topology, dir: &Path, node: u8, o: &Opts) -> String {
         o.drain_timeout,
         o.capture.setting()
     );
+    let _ = writeln!(y, "bpfPinDir: {}", pin_dir(topo, node).display());
     y.push_str(&o.settings);
     y.push_str("workloads:\n");
     for (name, enrolled) in &o.workloads {
@@ -137,6 +166,7 @@ impl Mesh {
     fn start(capture: Capture, mut opts: Opts) -> Mesh {
         opts.capture = capture;
         require_root().expect("e2e prerequisites");
+        ensure_host_bpffs();
         let topo = Topology::create().expect("topology");
         let dir = tempfile::tempdir().expect("tempdir");
         for node in [1, 2] {
@@ -175,6 +205,38 @@ impl Mesh {
         self.topo.pod(name)
     }
 
+    /// Starts node `node`'s ztunnel again with its current file and waits until it is ready.
+    fn restart(&mut self, node: u8) -> Duration {
+        let start = Instant::now();
+        let mut z = Ztunnel::start(
+            self.topo.node(node),
+            &config_path(self.dir.path(), node),
+            &format!("n{node}"),
+            &[],
+        )
+        .expect("restart ztunnel");
+        z.wait_ready(TIMEOUT).expect("restarted ztunnel ready");
+        let took = start.elapsed();
+        if node == 1 {
+            self.z1 = z;
+        } else {
+            self.z2 = z;
+        }
+        took
+    }
+}
+
+impl Drop for Mesh {
+    /// Pins are removed even when a test fails: the links detach once the ztunnels (dropped
+    /// right after this) are gone.
+    fn drop(&mut self) {
+        for node in [1, 2] {
+            let _ = std::fs::remove_dir_all(pin_dir(&self.topo, node));
+        }
+    }
+}
+
+impl Mesh {
     /// Rewrites both nodes' files and waits until both daemons report the reload.
     fn reconfigure(&mut self, mut opts: Opts) {
         opts.capture = self.opts.capture;
@@ -1118,6 +1180,290 @@ fn ten_thousand_connections_through_capture(capture: Capture) {
     }
 }
 
+/// Connects from node `node`'s namespace to `target` and checks an echo round trip.
+fn echo_from_node(m: &Mesh, node: u8, target: SocketAddr, msg: &[u8]) -> std::io::Result<()> {
+    let mut s = m.topo.node(node).connect(target, TIMEOUT)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    ping(&mut s, msg)
+}
+
+/// Health probes: under STRICT mTLS, a connection from a listed probe source (the node's
+/// gateway address towards its pods) reaches the app directly, one from an unlisted source
+/// (the node's IPv6 gateway) is refused; with `bypass: false` the listed source is refused too.
+fn health_probes_bypass_capture(capture: Capture) {
+    let strict = "  - {name: strict, namespace: default, mode: STRICT}\n";
+    let gw = mesh_tests::topology::gateway_v4(2);
+    let probes = |bypass: bool| Opts {
+        peer_authentications: strict.into(),
+        settings: format!("healthProbes: {{bypass: {bypass}, sources: [{gw}/32]}}\n"),
+        ..Opts::default()
+    };
+    let m = Mesh::start(capture, probes(true));
+    let c_srv = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    echo_from_node(&m, 2, m.pod("c").addr_v4(8080), b"probe").expect("probe from node");
+    assert_eq!(
+        c_srv.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
+        vec![IpAddr::from(gw)],
+        "the probe did not arrive from the node's address"
+    );
+    assert!(
+        access_lines(&m.z2.log(), "inbound").is_empty(),
+        "the probe went through ztunnel:\n{}",
+        m.z2.log()
+    );
+    let unlisted = echo_from_node(&m, 2, m.pod("c").addr_v6(8080), b"not a probe");
+    assert!(unlisted.is_err(), "an unlisted source got through STRICT");
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"mtls").expect("a -> c under STRICT");
+    if capture == Capture::Ebpf {
+        let bypassed = metrics::sample(&m.z2.metrics(), "ztunnel_ebpf_probe_bypassed_total", &[]);
+        assert_eq!(bypassed, Some(1.0), "{}", m.z2.metrics());
+    }
+    drop((c_srv, m));
+
+    let m = Mesh::start(capture, probes(false));
+    let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    let refused = echo_from_node(&m, 2, m.pod("c").addr_v4(8080), b"probe");
+    assert!(
+        refused.is_err(),
+        "with bypass off the probe got through STRICT"
+    );
+}
+
+/// Files pinned in node 1's pin directory.
+fn pins(m: &Mesh) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(pin_dir(&m.topo, 1))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Fail-closed (the default): with n1's ztunnel killed, a's new outgoing connections and
+/// the node's connections to b fail instead of going around the mesh; a restarted ztunnel
+/// adopts the pinned state and its pods, and connections go through HBONE again. Unenrolling
+/// a pod then leaves nothing of it behind.
+fn kill_restart_fails_closed_and_readopts(capture: Capture) {
+    let mut m = Mesh::start(capture, Opts::default());
+    let _b = EchoServer::start(m.pod("b"), 8080).expect("echo b");
+    let _c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"before").expect("a -> c before");
+    if capture == Capture::Ebpf {
+        let p = pins(&m);
+        assert!(p.contains(&"link-zt_connect4".to_string()), "{p:?}");
+        assert_eq!(
+            p.iter().filter(|n| n.contains("sk_lookup")).count(),
+            2,
+            "{p:?}"
+        );
+    }
+
+    m.z1.signal(nix::sys::signal::Signal::SIGKILL)
+        .expect("kill -9");
+    m.z1.wait_exit(TIMEOUT).expect("ztunnel n1 gone");
+    let out = echo(m.pod("a"), m.pod("c").addr_v4(8080), b"ztunnel is down");
+    assert!(
+        out.is_err(),
+        "a -> c went around the mesh while ztunnel was down"
+    );
+    let n1 = m.topo.node(1).clone();
+    let inbound = n1
+        .connect(m.pod("b").addr_v4(8080), Duration::from_secs(2))
+        .and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            ping(&mut s, b"to b while down")
+        });
+    assert!(
+        inbound.is_err(),
+        "node -> b reached the app while ztunnel was down"
+    );
+
+    let took = m.restart(1);
+    eprintln!("ztunnel n1 restarted and ready in {took:?}");
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"after restart").expect("a -> c after restart");
+    wait_for("a's outbound in the new access log", || {
+        access_lines(&m.z1.log(), "outbound")
+            .iter()
+            .any(|l| l.contains(&spiffe("a")))
+    });
+    if capture == Capture::Ebpf {
+        assert_eq!(
+            metrics::sample(&m.z1.metrics(), "ztunnel_ebpf_enrolled_namespaces", &[]),
+            Some(2.0)
+        );
+        assert!(
+            m.z1.log().contains("adopted pinned capture link"),
+            "{}",
+            m.z1.log()
+        );
+    }
+
+    m.reconfigure(Opts {
+        workloads: vec![("a", false), ("b", true), ("c", true), ("d", true)],
+        ..Opts::default()
+    });
+    wait_for("a's listeners gone", || {
+        ztunnel_ports_in(m.pod("a")).is_empty()
+    });
+    let s = echo(m.pod("a"), m.pod("c").addr_v4(8080), b"direct").expect("a -> c direct");
+    assert_eq!(s.peer_addr().expect("peer"), m.pod("c").addr_v4(8080));
+    if capture == Capture::Ebpf {
+        let p = pins(&m);
+        assert_eq!(
+            p.iter().filter(|n| n.contains("sk_lookup")).count(),
+            1,
+            "{p:?}"
+        );
+        assert_eq!(
+            metrics::sample(&m.z1.metrics(), "ztunnel_ebpf_enrolled_namespaces", &[]),
+            Some(1.0)
+        );
+    }
+}
+
+/// `ztunnel uninstall-capture` after a fail-closed ztunnel was killed: the pinned state and
+/// the pods' nftables tables are gone, and pods' traffic goes direct.
+fn uninstall_capture_removes_what_a_killed_ztunnel_left(capture: Capture) {
+    let mut m = Mesh::start(capture, Opts::default());
+    let c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"meshed").expect("a -> c");
+    m.z1.signal(nix::sys::signal::Signal::SIGKILL)
+        .expect("kill -9");
+    m.z1.wait_exit(TIMEOUT).expect("ztunnel n1 gone");
+    assert!(echo(m.pod("a"), m.pod("c").addr_v4(8080), b"down").is_err());
+    let out = std::process::Command::new(mesh_tests::daemon::binary().expect("ztunnel binary"))
+        .args(["uninstall-capture", "--config"])
+        .arg(config_path(m.dir.path(), 1))
+        .args(["--node", "n1"])
+        .output()
+        .expect("run uninstall-capture");
+    assert!(out.status.success(), "uninstall-capture failed: {out:?}");
+    assert!(!pin_dir(&m.topo, 1).exists(), "pins left behind");
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"direct").expect("a -> c direct");
+    assert_eq!(
+        c.peers().last().map(|p| p.ip()),
+        Some(IpAddr::from(m.pod("a").ipv4)),
+        "c did not see a's own address"
+    );
+}
+
+/// `captureFailMode: open` with eBPF: nothing is pinned, and once ztunnel is killed pods'
+/// traffic goes direct. (nftables rules live in the pod's namespace and cannot be removed by a
+/// killed process: that backend fails open only on a clean shutdown.)
+#[test]
+fn ebpf_fail_open_goes_direct_when_killed() {
+    let mut m = Mesh::start(
+        Capture::Ebpf,
+        Opts {
+            settings: "captureFailMode: open\n".into(),
+            ..Opts::default()
+        },
+    );
+    let c = EchoServer::start(m.pod("c"), 8080).expect("echo c");
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"meshed").expect("a -> c");
+    assert!(pins(&m).is_empty(), "fail-open pinned {:?}", pins(&m));
+    m.z1.signal(nix::sys::signal::Signal::SIGKILL)
+        .expect("kill -9");
+    m.z1.wait_exit(TIMEOUT).expect("ztunnel n1 gone");
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"direct").expect("a -> c direct");
+    assert_eq!(
+        c.peers().last().map(|p| p.ip()),
+        Some(IpAddr::from(m.pod("a").ipv4)),
+        "c did not see a's own address"
+    );
+    m.restart(1);
+    echo(m.pod("a"), m.pod("c").addr_v4(8080), b"meshed again").expect("a -> c again");
+}
+
+/// A fake resolver on node 1 (its address towards the pods, port 53) that answers each
+/// query with `answer:<query>` and records the source of every query.
+fn fake_resolver(m: &Mesh) -> (SocketAddr, std::sync::mpsc::Receiver<SocketAddr>) {
+    let addr = SocketAddr::new(mesh_tests::topology::gateway_v4(1).into(), 53);
+    let socket = m
+        .topo
+        .node(1)
+        .run(|| std::net::UdpSocket::bind(addr))
+        .expect("bind the fake resolver");
+    socket.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let mut reply = b"answer:".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&reply, from);
+            if tx.send(from).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// Sends one query from pod `a` to `resolver` (unconnected `sendto`, then a connected socket
+/// as glibc uses) and returns, for each, the app's own port and the reply's source.
+fn dns_queries(m: &Mesh, resolver: SocketAddr) -> Vec<(u16, SocketAddr)> {
+    m.pod("a").run(|| {
+        let mut seen = Vec::new();
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        s.send_to(b"q1", resolver).expect("sendto");
+        let mut buf = [0u8; 64];
+        let (n, from) = s.recv_from(&mut buf).expect("answer to sendto");
+        assert_eq!(&buf[..n], b"answer:q1");
+        seen.push((s.local_addr().expect("local").port(), from));
+        let c = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        c.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        c.connect(resolver).expect("connect");
+        assert_eq!(c.peer_addr().expect("peer"), resolver, "getpeername");
+        c.send(b"q2").expect("send");
+        let n = c.recv(&mut buf).expect("answer on connected socket");
+        assert_eq!(&buf[..n], b"answer:q2");
+        seen.push((c.local_addr().expect("local").port(), resolver));
+        seen
+    })
+}
+
+/// `dns: {capture: true}`: pod a's queries to a resolver reach ztunnel's DNS listener, which
+/// forwards them (from another socket) and relays the answers as if from the resolver; with
+/// capture off the resolver gets them straight from the app's socket.
+fn dns_capture_forwards_to_the_original_resolver(capture: Capture) {
+    for on in [true, false] {
+        let m = Mesh::start(
+            capture,
+            Opts {
+                settings: format!("dns: {{capture: {on}}}\n"),
+                ..Opts::default()
+            },
+        );
+        let (resolver, sources) = fake_resolver(&m);
+        let seen = dns_queries(&m, resolver);
+        for (app_port, reply_from) in seen {
+            assert_eq!(reply_from, resolver, "the answer's source");
+            let source = sources
+                .recv_timeout(TIMEOUT)
+                .expect("query at the resolver");
+            assert_eq!(source.ip(), IpAddr::from(m.pod("a").ipv4));
+            if on {
+                assert_ne!(source.port(), app_port, "the query was not captured");
+            } else {
+                assert_eq!(source.port(), app_port, "DNS was touched with capture off");
+            }
+        }
+        if capture == Capture::Ebpf {
+            let dns = metrics::sample(
+                &m.z1.metrics(),
+                "ztunnel_ebpf_redirects_total",
+                &[("direction", "dns")],
+            )
+            .unwrap_or(0.0);
+            assert_eq!(dns, if on { 2.0 } else { 0.0 }, "{}", m.z1.metrics());
+        }
+    }
+}
+
 /// Every case above, once per capture backend: `ebpf::<case>` and `nftables::<case>`.
 macro_rules! under_both_backends {
     ($($case:ident),* $(,)?) => {
@@ -1151,4 +1497,8 @@ under_both_backends!(
     bad_peers_fail_alone_and_are_counted,
     a_reload_that_does_not_affect_a_connection_keeps_it,
     admin_endpoints_and_json_access_log,
+    health_probes_bypass_capture,
+    kill_restart_fails_closed_and_readopts,
+    dns_capture_forwards_to_the_original_resolver,
+    uninstall_capture_removes_what_a_killed_ztunnel_left,
 );

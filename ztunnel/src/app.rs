@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
 use crate::capture::{self, Backend};
-use crate::config::{self, CaptureMode, Config};
+use crate::config::{self, CaptureMode, Config, FailMode};
 use crate::hbone;
 use crate::identity::{Ca, Manager};
 use crate::inbound::Tracker;
@@ -96,6 +96,8 @@ pub async fn run(config_path: &Path, node: &str) -> anyhow::Result<()> {
 
     let initial = registry.reconcile(&store.load()).await;
     if initial.is_empty() {
+        // Only once every pod is back: a pod that failed to re-enroll keeps its pinned capture.
+        registry.release_stale();
         admin.ready.store(true, Ordering::Release);
         let pods = registry.running().await;
         tracing::info!(pods, "ready");
@@ -140,9 +142,22 @@ fn capture_backend(config: &Config, ctx: &Context) -> anyhow::Result<Option<Arc<
             .set_ebpf_source(Box::new(move || source.sample()));
         ebpf
     };
-    let nftables = || -> Arc<dyn Backend> { Arc::new(capture::Nftables::new(ports, marks)) };
+    let probe_sources = config.health_probes.bypassed();
+    let options = capture::ebpf::Options {
+        probe_sources: probe_sources.clone(),
+        pin_dir: (config.capture_fail_mode == FailMode::Closed).then(|| config.bpf_pin_dir.clone()),
+        dns_port: config.dns_capture.then_some(config.listeners.dns),
+    };
+    let dns_port = options.dns_port;
+    let nftables = || -> Arc<dyn Backend> {
+        Arc::new(
+            capture::Nftables::new(ports, marks)
+                .with_probe_sources(probe_sources.clone())
+                .with_dns(dns_port),
+        )
+    };
     Ok(match config.capture {
-        CaptureMode::Auto => match capture::Ebpf::load(ports, marks) {
+        CaptureMode::Auto => match capture::Ebpf::load(ports, marks, &options) {
             Ok(loaded) => Some(ebpf(loaded)),
             Err(e) => {
                 tracing::warn!(reason = %e, "eBPF capture unavailable; capturing with nftables");
@@ -150,7 +165,8 @@ fn capture_backend(config: &Config, ctx: &Context) -> anyhow::Result<Option<Arc<
             }
         },
         CaptureMode::Ebpf => Some(ebpf(
-            capture::Ebpf::load(ports, marks).context("loading eBPF capture (capture: ebpf)")?,
+            capture::Ebpf::load(ports, marks, &options)
+                .context("loading eBPF capture (capture: ebpf)")?,
         )),
         CaptureMode::Nftables => Some(nftables()),
         CaptureMode::None => None,
@@ -172,6 +188,7 @@ async fn react(ctx: Arc<Context>, registry: Arc<Registry>, admin: Arc<Admin>) {
         let snap = ctx.store.load();
         let failed = registry.reconcile(&snap).await;
         if failed.is_empty() && !admin.ready.swap(true, Ordering::AcqRel) {
+            registry.release_stale();
             let pods = registry.running().await;
             tracing::info!(pods, "ready");
         }
@@ -199,8 +216,50 @@ async fn drain(ctx: &Context, admin: &Admin, registry: &Registry) {
         );
     }
     ctx.stopped.cancel();
-    registry.stop_all().await;
+    // Fail-closed keeps capture (and pins) for the next ztunnel: pods' connections are refused
+    // until it is back. Only unenrolling a pod, or `uninstall-capture`, removes it.
+    registry
+        .stop_all(ctx.config.capture_fail_mode == FailMode::Closed)
+        .await;
     tracing::info!("stopped");
+}
+
+/// Removes the capture state a fail-closed ztunnel leaves behind: its pinned eBPF links and
+/// maps, and the nftables rules in its pods' namespaces (`ztunnel uninstall-capture`).
+pub async fn uninstall_capture(config_path: &Path, node: &str) -> anyhow::Result<()> {
+    let loaded = config::load(config_path, node).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = loaded.config;
+    let dir = &config.bpf_pin_dir;
+    if capture::ebpf::pin::remove_all(dir).with_context(|| format!("removing {}", dir.display()))? {
+        println!("removed pinned eBPF capture state {}", dir.display());
+    }
+    let ports = capture::Ports {
+        outbound: config.listeners.outbound,
+        inbound_plaintext: config.listeners.inbound_plaintext,
+        hbone: config.listeners.hbone,
+    };
+    let marks = capture::Marks {
+        bypass: config.socket_mark,
+        delivery: config.delivery_mark,
+    };
+    let nft = capture::Nftables::new(ports, marks);
+    for w in loaded.state.local_workloads(&config.node) {
+        let Some(path) = &w.netns else { continue };
+        let Ok(netns) = crate::netns::Netns::open(path) else {
+            continue;
+        };
+        let pod = capture::Pod {
+            name: w.uid.0.clone(),
+            netns,
+            ips: w.ips.clone(),
+            inbound_listener: None,
+        };
+        match nft.unenroll(&pod).await {
+            Ok(()) => println!("removed capture rules of pod {}", w.uid.0),
+            Err(e) => eprintln!("pod {}: {e}", w.uid.0),
+        }
+    }
+    Ok(())
 }
 
 /// Parses a file and reports whether it is valid (for `ztunnel check`).

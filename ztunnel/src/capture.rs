@@ -135,6 +135,18 @@ pub trait Backend: Send + Sync {
     fn enroll<'a>(&'a self, pod: &'a Pod) -> BoxFuture<'a, Result<(), Error>>;
     fn unenroll<'a>(&'a self, pod: &'a Pod) -> BoxFuture<'a, Result<(), Error>>;
 
+    /// Called once after the first enrollment round: backends whose state outlives ztunnel
+    /// (pinned eBPF) drop what a previous run enrolled and this one did not.
+    fn release_stale(&self) {}
+
+    /// The resolver a DNS datagram that reached the pod's DNS listener at `local` was sent to,
+    /// for backends that encode it in the listener-side address (eBPF). `None`: the address
+    /// the kernel reports as original destination is the resolver (nftables REDIRECT).
+    fn dns_original(&self, pod: &str, local: SocketAddr) -> Option<SocketAddr> {
+        let _ = (pod, local);
+        None
+    }
+
     /// Called before ztunnel connects from `source` (already bound) to an app in a captured
     /// pod. Backends whose inbound capture cannot see socket marks return an [`Exemption`] that
     /// must be held until the connection is established.

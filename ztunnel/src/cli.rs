@@ -25,6 +25,13 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
+    /// Remove capture left by a fail-closed ztunnel (pinned eBPF state, pods' nftables rules).
+    UninstallCapture {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        node: String,
+    },
     /// Validate a configuration file and print every error found.
     Check {
         #[arg(long)]
@@ -55,6 +62,10 @@ pub fn main() -> anyhow::Result<()> {
             }
             rt.build()?.block_on(crate::app::run(&config, &node))
         }
+        Command::UninstallCapture { config, node } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::app::uninstall_capture(&config, &node)),
         Command::Check { config, node } => match crate::app::check(&config, &node) {
             Ok(_) => {
                 println!("{}: valid", config.display());

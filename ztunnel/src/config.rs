@@ -8,10 +8,11 @@ pub mod errors;
 pub mod mesh;
 pub mod reader;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -32,6 +33,17 @@ pub enum CaptureMode {
     None,
 }
 
+/// What happens to enrolled pods' traffic while ztunnel is not running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Capture stays (pinned eBPF state, nftables rules): pods' connections are refused rather
+    /// than leaving the mesh; a restarted ztunnel adopts it.
+    Closed,
+    /// Capture is removed with the process: pods' traffic goes direct.
+    Open,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -46,6 +58,8 @@ pub struct Listeners {
     pub outbound: u16,
     pub inbound_plaintext: u16,
     pub hbone: u16,
+    /// UDP, for captured DNS (`dns.capture`).
+    pub dns: u16,
     /// Addresses in the node's network namespace.
     pub admin: SocketAddr,
     pub metrics: SocketAddr,
@@ -58,6 +72,7 @@ impl Default for Listeners {
             outbound: 15001,
             inbound_plaintext: 15006,
             hbone: 15008,
+            dns: 15053,
             admin: SocketAddr::from(([127, 0, 0, 1], 15000)),
             metrics: SocketAddr::from(([0, 0, 0, 0], 15020)),
             readiness: SocketAddr::from(([0, 0, 0, 0], 15021)),
@@ -90,6 +105,46 @@ impl Default for Pool {
     }
 }
 
+/// Kubelet-style health probes: connections to a pod from these sources are not captured,
+/// so they reach the app in plaintext even under STRICT mTLS (like Istio, whose CNI SNATs
+/// kubelet probes to 169.254.7.127 and skips capture for that source).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthProbes {
+    pub bypass: bool,
+    pub sources: Vec<IpNet>,
+}
+
+impl HealthProbes {
+    /// Istio's probe SNAT addresses: 169.254.7.127 and fd16:9254:7127:1337:ffff:ffff:ffff:ffff.
+    pub fn istio_sources() -> Vec<IpNet> {
+        vec![
+            IpNet::from(IpAddr::V4(Ipv4Addr::new(169, 254, 7, 127))),
+            IpNet::from(IpAddr::V6(Ipv6Addr::new(
+                0xfd16, 0x9254, 0x7127, 0x1337, 0xffff, 0xffff, 0xffff, 0xffff,
+            ))),
+        ]
+    }
+
+    /// The sources capture must skip: none when bypass is off.
+    pub fn bypassed(&self) -> Vec<IpNet> {
+        if self.bypass {
+            self.sources.clone()
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+impl Default for HealthProbes {
+    fn default() -> Self {
+        Self {
+            bypass: true,
+            sources: Self::istio_sources(),
+        }
+    }
+}
+
 /// Node settings. These are read at start; a reload applies mesh state only (a changed setting
 /// here is reported and needs a restart).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -109,6 +164,14 @@ pub struct Config {
     /// Keep the client's source address when delivering to the app (IP_TRANSPARENT).
     pub preserve_source_ip: bool,
     pub capture: CaptureMode,
+    pub capture_fail_mode: FailMode,
+    /// Where eBPF capture pins its links and maps under `captureFailMode: closed`; the parent
+    /// must be (or becomes, mounted by ztunnel) a bpffs. One directory per ztunnel.
+    pub bpf_pin_dir: PathBuf,
+    pub health_probes: HealthProbes,
+    /// Capture pods' UDP to port 53 to the pod-local DNS listener, which for now forwards each
+    /// query unchanged to the resolver the app asked for (the DNS proxy is a later step).
+    pub dns_capture: bool,
     pub log_format: LogFormat,
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
@@ -137,6 +200,10 @@ impl Config {
             delivery_mark: 0x53a,
             preserve_source_ip: true,
             capture: CaptureMode::Auto,
+            capture_fail_mode: FailMode::Closed,
+            bpf_pin_dir: Path::new("/run/ztunnel/bpf").join(node),
+            health_probes: HealthProbes::default(),
+            dns_capture: false,
             log_format: LogFormat::Text,
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
@@ -258,6 +325,42 @@ fn settings(r: &mut Reader, top: &mut Object<'_>, c: &mut Config, base: &Path) {
             None => {}
         }
     }
+    if let Some((p, v)) = top.get("captureFailMode") {
+        match r.string(&p, v).as_deref() {
+            Some("closed") => c.capture_fail_mode = FailMode::Closed,
+            Some("open") => c.capture_fail_mode = FailMode::Open,
+            Some(other) => r.error(&p, format!("{other:?} is not a fail mode (closed, open)")),
+            None => {}
+        }
+    }
+    if let Some((p, v)) = top.get("bpfPinDir") {
+        if let Some(s) = r.non_empty(&p, v) {
+            c.bpf_pin_dir = base.join(s);
+        }
+    }
+    if let Some((p, v)) = top.get("healthProbes") {
+        if let Some(mut o) = r.object(p, v) {
+            if let Some((p, v)) = o.get("bypass") {
+                c.health_probes.bypass = r.bool(&p, v).unwrap_or(true);
+            }
+            if let Some((p, v)) = o.get("sources") {
+                c.health_probes.sources = r
+                    .list(&p, v)
+                    .into_iter()
+                    .filter_map(|(p, v)| mesh::ip_block(r, &p, v))
+                    .collect();
+            }
+            r.finish(o);
+        }
+    }
+    if let Some((p, v)) = top.get("dns") {
+        if let Some(mut o) = r.object(p, v) {
+            if let Some((p, v)) = o.get("capture") {
+                c.dns_capture = r.bool(&p, v).unwrap_or(false);
+            }
+            r.finish(o);
+        }
+    }
     if let Some((p, v)) = top.get("logFormat") {
         match r.string(&p, v).as_deref() {
             Some("text") => c.log_format = LogFormat::Text,
@@ -303,6 +406,7 @@ fn listeners(r: &mut Reader, p: FieldPath, v: &Value, l: &mut Listeners) {
         ("outbound", &mut l.outbound),
         ("inboundPlaintext", &mut l.inbound_plaintext),
         ("hbone", &mut l.hbone),
+        ("dns", &mut l.dns),
     ] {
         if let Some((p, v)) = o.get(name) {
             if let Some(port) = r.port(&p, v) {

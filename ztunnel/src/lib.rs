@@ -12,6 +12,7 @@ pub mod authz;
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod dns;
 pub mod hbone;
 pub mod identity;
 pub mod inbound;

@@ -91,6 +91,10 @@ pub struct EbpfSample {
     pub original_dst_answered: u64,
     pub peername_rewritten: u64,
     pub delivery_bypassed: u64,
+    /// Connections from health-probe sources let past capture.
+    pub probe_bypassed: u64,
+    /// Fail-closed refusals: a captured pod address whose ztunnel listener was gone.
+    pub refused_no_listener: u64,
     /// Pod namespaces whose traffic the programs capture now.
     pub enrolled_namespaces: i64,
 }
@@ -109,6 +113,8 @@ struct EbpfMetrics {
     original_dst_answered: Counter,
     peername_rewritten: Counter,
     delivery_bypassed: Counter,
+    probe_bypassed: Counter,
+    refused_no_listener: Counter,
     enrolled_namespaces: Gauge,
 }
 
@@ -153,6 +159,16 @@ impl EbpfMetrics {
             self.delivery_bypassed.clone(),
         );
         registry.register(
+            "ztunnel_ebpf_probe_bypassed",
+            "Connections from health-probe sources let past the inbound sk_lookup program",
+            self.probe_bypassed.clone(),
+        );
+        registry.register(
+            "ztunnel_ebpf_refused_no_listener",
+            "Connections to captured pods refused because ztunnel's listener was gone",
+            self.refused_no_listener.clone(),
+        );
+        registry.register(
             "ztunnel_ebpf_enrolled_namespaces",
             "Pod network namespaces the eBPF programs capture",
             self.enrolled_namespaces.clone(),
@@ -186,6 +202,8 @@ impl EbpfMetrics {
         advance(&self.original_dst_answered, sample.original_dst_answered);
         advance(&self.peername_rewritten, sample.peername_rewritten);
         advance(&self.delivery_bypassed, sample.delivery_bypassed);
+        advance(&self.probe_bypassed, sample.probe_bypassed);
+        advance(&self.refused_no_listener, sample.refused_no_listener);
         self.enrolled_namespaces.set(sample.enrolled_namespaces);
     }
 }

@@ -127,7 +127,7 @@ fn main() -> anyhow::Result<()> {
 
 fn render(topo: &Topology, dir: &Path) -> String {
     let mut y = format!(
-        "trustDomain: cluster.local\nstateDir: {}\nworkloads:\n",
+        "trustDomain: cluster.local\nstateDir: {}\ncaptureFailMode: open\nworkloads:\n",
         dir.join("state").display()
     );
     for (pod, name, sa, app) in [

@@ -15,6 +15,8 @@
 
 mod abi;
 mod cgroup;
+pub mod pin;
+mod state;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -24,15 +26,17 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, SockHash};
-use aya::programs::sk_lookup::SkLookupLinkId;
+use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError, PerCpuArray};
+use aya::programs::links::FdLink;
 use aya::programs::{
     CgroupAttachMode, CgroupSockAddr, CgroupSockopt, ProgramError, SkLookup, SockOps,
 };
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use self::abi::{counter, Endpoint, Settings};
+use self::abi::{counter, DnsKey, Endpoint, NetData, Settings};
+use self::pin::Pins;
+use self::state::State;
 use super::{routing, Backend, Error, Exemption, Marks, Pod, Ports};
 use crate::metrics::EbpfSample;
 
@@ -44,13 +48,30 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ca
 /// `SO_NETNS_COOKIE` (Linux 5.14): the cookie `bpf_get_netns_cookie` returns for a namespace.
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
-const SOCK_ADDR_PROGRAMS: [&str; 4] = [
+const SOCK_ADDR_PROGRAMS: [&str; 6] = [
     "zt_connect4",
     "zt_connect6",
     "zt_getpeername4",
     "zt_getpeername6",
+    "zt_sendmsg4",
+    "zt_recvmsg4",
 ];
 const SK_LOOKUP: &str = "zt_sk_lookup";
+/// The programs whose links are pinned (fail-closed): with ztunnel gone they keep pods'
+/// connections pointed at its closed listeners. The others only serve a running ztunnel.
+const PINNED_PROGRAMS: [&str; 2] = ["zt_connect4", "zt_connect6"];
+const MAPS: [&str; 10] = [
+    "dns_orig",
+    "settings",
+    "enrolled",
+    "cookie_orig",
+    "tuple_orig",
+    "inbound_listeners",
+    "captured_addrs",
+    "delivery_bypass",
+    "probe_sources",
+    "counters",
+];
 
 /// Why eBPF capture cannot run here; with `capture: auto` ztunnel then uses nftables.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +96,8 @@ pub enum LoadError {
         #[source]
         source: ProgramError,
     },
+    #[error("cannot pin capture state (is a bpffs mountable there?): {0}")]
+    Pin(#[source] io::Error),
     #[error("eBPF map {map} is unusable: {source}")]
     Map {
         map: &'static str,
@@ -83,19 +106,16 @@ pub enum LoadError {
     },
 }
 
-/// What one enrolled pod put into the kernel, removed in reverse on unenroll.
-struct Enrolled {
-    cookie: u64,
-    link: SkLookupLinkId,
-    keys: Vec<Endpoint>,
-}
-
-struct State {
-    /// Owns the programs and with them every link (cgroup and sk_lookup).
-    bpf: aya::Ebpf,
-    enrolled: BpfHashMap<MapData, u64, u32>,
-    listeners: SockHash<MapData, Endpoint>,
-    pods: HashMap<String, Enrolled>,
+/// How the backend is set up beyond ports and marks.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Health-probe source networks whose connections to pods are not captured.
+    pub probe_sources: Vec<ipnet::IpNet>,
+    /// Fail-closed: pin links and maps here (on a bpffs, mounted if needed) so they outlive
+    /// the process and a restarted ztunnel adopts them. `None`: fail open.
+    pub pin_dir: Option<PathBuf>,
+    /// Capture UDP to port 53 (IPv4 resolvers) to this pod-local port.
+    pub dns_port: Option<u16>,
 }
 
 pub struct Ebpf {
@@ -129,15 +149,24 @@ fn program_error(program: &'static str) -> impl Fn(ProgramError) -> LoadError {
 impl Ebpf {
     /// Loads the programs and attaches the cgroup ones at the cgroup v2 root (mounting one at
     /// [`OWN_CGROUP_MOUNT`] if this process sees none). Nothing is captured until a pod enrolls.
-    pub fn load(ports: Ports, marks: Marks) -> Result<Ebpf, LoadError> {
+    pub fn load(ports: Ports, marks: Marks, options: &Options) -> Result<Ebpf, LoadError> {
         let cgroup = cgroup::root().map_err(LoadError::Cgroup)?;
         let cg = File::open(&cgroup).map_err(|source| LoadError::CgroupOpen {
             path: cgroup.clone(),
             source,
         })?;
-        let mut bpf = aya::EbpfLoader::new()
-            .load(OBJECT)
-            .map_err(LoadError::Object)?;
+        let pins = match &options.pin_dir {
+            Some(dir) => Some(Pins::open(dir).map_err(LoadError::Pin)?),
+            None => None,
+        };
+        let mut loader = aya::EbpfLoader::new();
+        if let Some(pins) = &pins {
+            // Existing pins are opened (re-adoption), missing ones created and pinned.
+            for name in MAPS {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let mut bpf = loader.load(OBJECT).map_err(LoadError::Object)?;
         let mut settings: Array<MapData, Settings> = take(&mut bpf, "settings")?;
         settings
             .set(
@@ -147,6 +176,7 @@ impl Ebpf {
                     delivery_mark: marks.delivery,
                     outbound_port: ports.outbound,
                     hbone_port: ports.hbone,
+                    dns_port: options.dns_port.unwrap_or(0),
                     pad: 0,
                 },
                 0,
@@ -155,13 +185,30 @@ impl Ebpf {
                 map: "settings",
                 source,
             })?;
+        let mut probes: LpmTrie<MapData, NetData, u32> = take(&mut bpf, "probe_sources")?;
+        // A pinned trie may hold an earlier configuration's sources.
+        let old: Vec<_> = probes.keys().filter_map(Result::ok).collect();
+        for key in old {
+            let _ = probes.remove(&key);
+        }
+        for net in &options.probe_sources {
+            probes
+                .insert(&NetData::key(net), 1, 0)
+                .map_err(|source| LoadError::Map {
+                    map: "probe_sources",
+                    source,
+                })?;
+        }
         let enrolled = take(&mut bpf, "enrolled")?;
         let listeners = take(&mut bpf, "inbound_listeners")?;
+        let captured = take(&mut bpf, "captured_addrs")?;
+        let dns = take(&mut bpf, "dns_orig")?;
         let bypass = take(&mut bpf, "delivery_bypass")?;
         let counters = take(&mut bpf, "counters")?;
 
         // Links made through bpf_link_create are always multi-attach; asking for
         // AllowMultiple there is rejected (EINVAL), so Single it is.
+        let mut links = Vec::new();
         for name in SOCK_ADDR_PROGRAMS {
             let p: &mut CgroupSockAddr = bpf
                 .program_mut(name)
@@ -169,8 +216,21 @@ impl Ebpf {
                 .try_into()
                 .map_err(program_error(name))?;
             p.load().map_err(program_error(name))?;
-            p.attach(&cg, CgroupAttachMode::Single)
+            let pins = pins.as_ref().filter(|_| PINNED_PROGRAMS.contains(&name));
+            if let Some(adopted) = pins.and_then(|pins| pins.adopt(name)) {
+                // The previous ztunnel's program stays attached: no gap in capture.
+                tracing::info!(program = name, "adopted pinned capture link");
+                links.push(adopted);
+                continue;
+            }
+            let id = p
+                .attach(&cg, CgroupAttachMode::Single)
                 .map_err(program_error(name))?;
+            if let Some(pins) = pins {
+                let link = p.take_link(id).map_err(program_error(name))?;
+                let fd = FdLink::try_from(link).map_err(|e| LoadError::Pin(io::Error::other(e)))?;
+                links.push(pins.pin(name, fd).map_err(LoadError::Pin)?);
+            }
         }
         let name = "zt_sockops";
         let p: &mut SockOps = bpf
@@ -204,7 +264,11 @@ impl Ebpf {
                 bpf,
                 enrolled,
                 listeners,
+                captured,
+                dns,
                 pods: HashMap::new(),
+                pins,
+                _links: links,
             }),
             bypass: Arc::new(Mutex::new(bypass)),
             counters,
@@ -242,6 +306,7 @@ impl Ebpf {
             redirects: vec![
                 ("outbound", read(counter::REDIRECT_OUTBOUND)),
                 ("inbound", read(counter::REDIRECT_INBOUND)),
+                ("dns", read(counter::REDIRECT_DNS)),
             ],
             misses: vec![
                 ("sockops", read(counter::MISS_SOCKOPS)),
@@ -255,91 +320,12 @@ impl Ebpf {
             original_dst_answered: read(counter::ORIGINAL_DST_ANSWERED),
             peername_rewritten: read(counter::PEERNAME_REWRITTEN),
             delivery_bypassed: read(counter::DELIVERY_BYPASSED),
+            probe_bypassed: read(counter::PROBE_BYPASSED),
+            refused_no_listener: read(counter::REFUSED_NO_LISTENER),
             // Counted in the kernel map itself, so a leaked entry would show.
             enrolled_namespaces: i64::try_from(self.state().enrolled.keys().count())
                 .unwrap_or(i64::MAX),
         }
-    }
-}
-
-impl State {
-    /// Undoes an enrollment in reverse order: the enrolled entry (outbound stops), the
-    /// sk_lookup link, the listener entries. Errors are logged: the goal is a clean state.
-    fn forget(&mut self, pod: &str) {
-        let Some(e) = self.pods.remove(pod) else {
-            return;
-        };
-        if let Err(err) = self.enrolled.remove(&e.cookie) {
-            tracing::warn!(pod, error = %err, "removing the enrolled-namespace entry failed");
-        }
-        match self
-            .bpf
-            .program_mut(SK_LOOKUP)
-            .map(<&mut SkLookup>::try_from)
-        {
-            Some(Ok(p)) => {
-                if let Err(err) = p.detach(e.link) {
-                    tracing::warn!(pod, error = %err, "detaching sk_lookup failed");
-                }
-            }
-            _ => tracing::warn!(pod, "sk_lookup program missing while unenrolling"),
-        }
-        for key in &e.keys {
-            // Already gone when the listener closed first: the kernel drops closed sockets.
-            let _ = self.listeners.remove(key);
-        }
-    }
-
-    fn enroll(
-        &mut self,
-        pod: &Pod,
-        cookie: u64,
-        netns: &File,
-        listener: &impl AsRawFd,
-    ) -> Result<(), Error> {
-        let fail = |action: &'static str, reason: String| Error::Ebpf {
-            pod: pod.name.clone(),
-            action,
-            reason,
-        };
-        let mut keys = Vec::new();
-        for ip in &pod.ips {
-            let key = Endpoint::new(*ip, 0);
-            if let Err(e) = self.listeners.insert(key, listener.as_raw_fd(), 0) {
-                for k in &keys {
-                    let _ = self.listeners.remove(k);
-                }
-                return Err(fail("register the inbound listener", e.to_string()));
-            }
-            keys.push(key);
-        }
-        let attached = self
-            .bpf
-            .program_mut(SK_LOOKUP)
-            .ok_or_else(|| fail("find sk_lookup", "missing from the object".into()))
-            .and_then(|p| {
-                <&mut SkLookup>::try_from(p)
-                    .map_err(|e| fail("use sk_lookup", e.to_string()))?
-                    .attach(netns)
-                    .map_err(|e| fail("attach sk_lookup to the namespace", e.to_string()))
-            });
-        let link = match attached {
-            Ok(link) => link,
-            Err(e) => {
-                for k in &keys {
-                    let _ = self.listeners.remove(k);
-                }
-                return Err(e);
-            }
-        };
-        self.pods
-            .insert(pod.name.clone(), Enrolled { cookie, link, keys });
-        // Last: from here on the pod's outgoing connections are redirected.
-        if let Err(e) = self.enrolled.insert(cookie, 1, 0) {
-            self.forget(&pod.name);
-            return Err(fail("enroll the namespace", e.to_string()));
-        }
-        Ok(())
     }
 }
 
@@ -430,6 +416,27 @@ impl Backend for Ebpf {
                 })
         }
         .boxed()
+    }
+
+    fn release_stale(&self) {
+        self.state().release_stale();
+    }
+
+    fn dns_original(&self, pod: &str, local: SocketAddr) -> Option<SocketAddr> {
+        let std::net::IpAddr::V4(ip) = local.ip() else {
+            return None;
+        };
+        let [first, a, b, c] = ip.octets();
+        if first != 127 {
+            return None;
+        }
+        let state = self.state();
+        let key = DnsKey {
+            netns: state.pods.get(pod)?.cookie,
+            index: u32::from_be_bytes([0, a, b, c]),
+            pad: 0,
+        };
+        state.dns.get(&key, 0).ok()?.socket_addr()
     }
 
     fn exempt_delivery(&self, source: SocketAddr) -> Result<Option<Exemption>, Error> {

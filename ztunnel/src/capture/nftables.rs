@@ -6,6 +6,7 @@
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use ipnet::IpNet;
 
 use super::routing::{self, run};
 use super::{Backend, Error, Marks, Pod, Ports};
@@ -17,11 +18,52 @@ pub const TABLE: &str = "ztunnel";
 pub struct Nftables {
     ports: Ports,
     marks: Marks,
+    probe_sources: Vec<IpNet>,
+    dns_port: Option<u16>,
 }
 
 impl Nftables {
     pub fn new(ports: Ports, marks: Marks) -> Self {
-        Nftables { ports, marks }
+        Nftables {
+            ports,
+            marks,
+            probe_sources: Vec::new(),
+            dns_port: None,
+        }
+    }
+
+    /// Capture UDP to port 53 to this pod-local port.
+    pub fn with_dns(mut self, port: Option<u16>) -> Self {
+        self.dns_port = port;
+        self
+    }
+
+    /// Connections from these sources (health probes) reach the pod's apps uncaptured.
+    pub fn with_probe_sources(mut self, sources: Vec<IpNet>) -> Self {
+        self.probe_sources = sources;
+        self
+    }
+
+    /// `ip saddr { .. } return` lines for the prerouting chain, one per family in use.
+    fn probe_rules(&self) -> String {
+        let set = |v4: bool| -> Vec<String> {
+            self.probe_sources
+                .iter()
+                .filter(|n| matches!(n, IpNet::V4(_)) == v4)
+                .map(|n| n.trunc().to_string())
+                .collect()
+        };
+        let mut rules = String::new();
+        for (family, v4) in [("ip", true), ("ip6", false)] {
+            let nets = set(v4);
+            if !nets.is_empty() {
+                rules.push_str(&format!(
+                    "        {family} saddr {{ {} }} return\n",
+                    nets.join(", ")
+                ));
+            }
+        }
+        rules
     }
 
     /// The `nft -f` script that (re)creates the table atomically. Declaring the table before
@@ -33,6 +75,21 @@ impl Nftables {
             hbone,
         } = self.ports;
         let Marks { bypass, delivery } = self.marks;
+        let probes = self.probe_rules();
+        // DNS is steered with TPROXY, not NAT, so the listener sees the resolver's address as
+        // the datagram's destination: the app's query gets the delivery mark (the fwmark rule
+        // routes it over `lo`), and on `lo` it is handed to the listener unchanged.
+        let (dns_mark, dns_tproxy) = match self.dns_port {
+            Some(p) => (
+                format!(
+                    "        meta mark != {bypass:#x} meta nfproto ipv4 udp dport 53 meta mark set {delivery:#x}\n"
+                ),
+                format!(
+                    "        iif \"lo\" meta mark {delivery:#x} meta nfproto ipv4 udp dport 53 tproxy ip to :{p}\n"
+                ),
+            ),
+            None => (String::new(), String::new()),
+        };
         format!(
             r#"table inet {TABLE} {{}}
 delete table inet {TABLE}
@@ -40,14 +97,14 @@ table inet {TABLE} {{
     # Connections opened by ztunnel's delivery sockets are remembered in conntrack ...
     chain output_route {{
         type route hook output priority mangle; policy accept;
-        meta mark {delivery:#x} ct mark set {delivery:#x}
+{dns_mark}        meta mark {delivery:#x} ct mark set {delivery:#x}
         # ... so the app's replies carry the mark again and are rerouted to the local table.
         ct mark {delivery:#x} meta mark set ct mark
     }}
     chain prerouting_mangle {{
         type filter hook prerouting priority mangle; policy accept;
         ct mark {delivery:#x} meta mark set ct mark
-    }}
+{dns_tproxy}    }}
     chain output_nat {{
         type nat hook output priority -100; policy accept;
         oif "lo" return
@@ -59,7 +116,8 @@ table inet {TABLE} {{
         type nat hook prerouting priority -100; policy accept;
         iif "lo" return
         tcp dport {hbone} return
-        meta l4proto tcp redirect to :{inbound_plaintext}
+        # health probes (kubelet, SNATed by the CNI) reach the app in plaintext
+{probes}        meta l4proto tcp redirect to :{inbound_plaintext}
     }}
 }}
 "#

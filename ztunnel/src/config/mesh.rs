@@ -336,7 +336,7 @@ fn source(r: &mut Reader, o: &mut Object<'_>) -> Source {
     s
 }
 
-fn ip_block(r: &mut Reader, p: &Path, v: &Value) -> Option<IpNet> {
+pub(crate) fn ip_block(r: &mut Reader, p: &Path, v: &Value) -> Option<IpNet> {
     let s = r.string(p, v)?;
     if let Ok(net) = s.parse::<IpNet>() {
         return Some(net);

@@ -162,3 +162,20 @@ fn capture_backends() {
         "{err}"
     );
 }
+
+#[test]
+fn health_probes_default_to_istio_sources_and_can_be_turned_off() {
+    let defaults = parse("", "n", Path::new(".")).expect("empty file");
+    assert!(defaults.config.health_probes.bypass);
+    assert_eq!(
+        defaults.config.health_probes.bypassed(),
+        crate::config::HealthProbes::istio_sources()
+    );
+    let text = "healthProbes: {bypass: false, sources: [10.0.0.1, 10.1.0.0/16]}\n";
+    let off = parse(text, "n", Path::new(".")).expect("valid");
+    assert_eq!(off.config.health_probes.sources.len(), 2);
+    assert!(off.config.health_probes.bypassed().is_empty());
+    let bad = parse("healthProbes: {sources: [nope]}\n", "n", Path::new("."));
+    let errors = bad.expect_err("invalid source").to_string();
+    assert!(errors.contains("healthProbes.sources"), "{errors}");
+}

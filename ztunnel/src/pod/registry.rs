@@ -126,11 +126,22 @@ impl Registry {
         self.running.lock().await.len()
     }
 
-    /// Stops every pod (on shutdown) and removes its capture rules.
-    pub async fn stop_all(&self) {
+    /// Lets the capture backend drop state a previous ztunnel left for pods no longer here.
+    pub fn release_stale(&self) {
+        if let Some(backend) = &self.capture {
+            backend.release_stale();
+        }
+    }
+
+    /// Stops every pod (on shutdown); removes its capture unless `keep_capture` (fail-closed).
+    pub async fn stop_all(&self, keep_capture: bool) {
         let mut running = self.running.lock().await;
         for (_, r) in running.drain() {
-            self.stop(r).await;
+            if keep_capture {
+                r.pod.cancel.cancel();
+            } else {
+                self.stop(r).await;
+            }
         }
     }
 
@@ -177,6 +188,18 @@ impl Registry {
         let outbound_l = listen(ports.outbound).await?;
         let plaintext_l = listen(ports.inbound_plaintext).await?;
         let hbone_l = listen(ports.hbone).await?;
+        let dns_l = if ctx.config.dns_capture {
+            let socket = crate::dns::bind(&netns, ports.dns, ctx.config.socket_mark)
+                .await
+                .map_err(|source| Error::Listen {
+                    uid: uid.clone(),
+                    port: ports.dns,
+                    source,
+                })?;
+            Some(socket)
+        } else {
+            None
+        };
         let inbound_listener =
             plaintext_l
                 .as_fd()
@@ -207,6 +230,9 @@ impl Registry {
             }
         }
         tokio::spawn(outbound::serve(ctx.clone(), pod.clone(), outbound_l));
+        if let Some(socket) = dns_l {
+            tokio::spawn(crate::dns::serve(ctx.clone(), pod.clone(), socket));
+        }
         tokio::spawn(inbound::plaintext::serve(
             ctx.clone(),
             pod.clone(),

@@ -13,7 +13,43 @@ pub struct Settings {
     pub delivery_mark: u32,
     pub outbound_port: u16,
     pub hbone_port: u16,
+    pub dns_port: u16,
+    pub pad: u16,
+}
+
+/// `struct zt_dns_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsKey {
+    pub netns: u64,
+    pub index: u32,
     pub pad: u32,
+}
+
+// SAFETY: plain old data with explicit padding; any bit pattern is valid.
+unsafe impl aya::Pod for DnsKey {}
+
+/// `struct zt_addr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Addr {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub family: u16,
+}
+
+// SAFETY: plain old data without padding; any bit pattern is valid.
+unsafe impl aya::Pod for Addr {}
+
+impl Addr {
+    /// The socket address recorded (IPv4 only: DNS capture is IPv4 for now).
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        if u32::from(self.family) != FAMILY_V4 {
+            return None;
+        }
+        let ip = std::net::Ipv4Addr::from(self.addr[0].to_ne_bytes());
+        Some(SocketAddr::from((ip, u16::from_be(self.port))))
+    }
 }
 
 // SAFETY: plain old data with explicit padding, no pointers; any bit pattern is valid.
@@ -60,6 +96,29 @@ impl Endpoint {
     }
 }
 
+/// `struct zt_net` without its leading `prefixlen` (aya's `lpm_trie::Key` adds that).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetData {
+    pub family: u32,
+    pub addr: [u32; 4],
+}
+
+// SAFETY: plain old data without padding; any bit pattern is valid.
+unsafe impl aya::Pod for NetData {}
+
+impl NetData {
+    /// The trie key for `net`: the family word always matches, then the network's bits.
+    pub fn key(net: &ipnet::IpNet) -> aya::maps::lpm_trie::Key<NetData> {
+        let e = Endpoint::new(net.network(), 0);
+        let data = NetData {
+            family: e.family,
+            addr: e.addr,
+        };
+        aya::maps::lpm_trie::Key::new(32 + u32::from(net.prefix_len()), data)
+    }
+}
+
 /// Indices of the per-CPU `counters` array (`enum zt_counter`).
 pub mod counter {
     pub const REDIRECT_OUTBOUND: u32 = 0;
@@ -72,8 +131,11 @@ pub mod counter {
     pub const ORIGINAL_DST_ANSWERED: u32 = 7;
     pub const PEERNAME_REWRITTEN: u32 = 8;
     pub const DELIVERY_BYPASSED: u32 = 9;
+    pub const PROBE_BYPASSED: u32 = 10;
+    pub const REFUSED_NO_LISTENER: u32 = 11;
+    pub const REDIRECT_DNS: u32 = 12;
     #[cfg(test)]
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 13;
 }
 
 #[cfg(test)]

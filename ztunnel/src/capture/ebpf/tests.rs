@@ -41,7 +41,7 @@ async fn enrolled() -> Env {
         ips: vec![POD_V4, POD_V6],
         inbound_listener: Some(Arc::new(inbound.as_fd().try_clone_to_owned().expect("dup"))),
     };
-    let backend = Ebpf::load(Ports::default(), Marks::default())
+    let backend = Ebpf::load(Ports::default(), Marks::default(), &Default::default())
         .expect("eBPF capture must load here (root, kernel >= 5.14, cgroup v2)");
     backend.enroll(&pod).await.expect("enroll");
     let peer = pair.peer.open();
@@ -166,6 +166,9 @@ async fn unenroll_leaves_nothing_behind() {
     let mut served = accept(&app_l).await;
     echo_check(&mut client, &mut served).await;
     let s = env.backend.sample();
-    assert_eq!(s.redirects, vec![("outbound", 0), ("inbound", 0)]);
+    assert_eq!(
+        s.redirects,
+        vec![("outbound", 0), ("inbound", 0), ("dns", 0)]
+    );
     drop(env.pair);
 }

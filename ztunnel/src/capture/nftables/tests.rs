@@ -109,6 +109,47 @@ fn ruleset_uses_configured_ports_and_marks() {
     assert!(rules.contains("tcp dport 3 return"), "{rules}");
     assert!(rules.contains("meta mark 0x10 return"), "{rules}");
     assert!(rules.contains("meta mark 0x20 ct mark set 0x20"), "{rules}");
+    assert!(!rules.contains("saddr"), "{rules}");
+    assert!(
+        !rules.contains("dport 53"),
+        "DNS captured by default: {rules}"
+    );
+}
+
+#[test]
+fn dns_capture_marks_queries_and_tproxies_them_on_lo() {
+    let rules = Nftables::new(Ports::default(), Marks::default())
+        .with_dns(Some(15053))
+        .ruleset();
+    assert!(
+        rules.contains("meta mark != 0x539 meta nfproto ipv4 udp dport 53 meta mark set 0x53a"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains(
+            "iif \"lo\" meta mark 0x53a meta nfproto ipv4 udp dport 53 tproxy ip to :15053"
+        ),
+        "{rules}"
+    );
+}
+
+#[test]
+fn probe_sources_return_before_the_inbound_redirect() {
+    let nets = ["169.254.7.127/32", "10.1.0.0/16", "fd00::1/128"]
+        .iter()
+        .map(|n| n.parse().expect("literal"))
+        .collect();
+    let rules = Nftables::new(Ports::default(), Marks::default())
+        .with_probe_sources(nets)
+        .ruleset();
+    let v4 = rules
+        .find("ip saddr { 169.254.7.127/32, 10.1.0.0/16 } return")
+        .expect(&rules);
+    let v6 = rules
+        .find("ip6 saddr { fd00::1/128 } return")
+        .expect(&rules);
+    let redirect = rules.find("redirect to :15006").expect(&rules);
+    assert!(v4 < redirect && v6 < redirect, "{rules}");
 }
 
 #[tokio::test]
