@@ -11,6 +11,9 @@
  *   cgroup/getsockopt          answers SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST from it, so the
  *                              proxy reads the original destination as with nftables;
  *   cgroup/getpeername4, 6     show the application the peer it asked for.
+ * DNS (with dns_port set): connect4/6 and sendmsg4/6 send UDP to port 53 to the pod's DNS
+ *   listener at 127.i.i.i or ZT_DNS6_PREFIX::i (index i kept in dns_orig), and recvmsg4/6 and
+ *   getpeername4/6 show the application the resolver.
  * Inbound (one link per enrolled namespace):
  *   sk_lookup                  hands TCP connections to any port of the pod's addresses (except
  *                              HBONE) to the inbound plaintext listener; the accepted socket's

@@ -1379,7 +1379,7 @@ fn ebpf_fail_open_goes_direct_when_killed() {
 
 /// A fake resolver on node 1 at `ip` (one of its addresses towards the pods), port 53, that
 /// answers each query with `answer:<query>` and records the source of every query.
-fn fake_resolver(m: &Mesh, ip: IpAddr) -> (SocketAddr, std::sync::mpsc::Receiver<SocketAddr>) {
+fn fake_resolver(m: &Mesh, ip: IpAddr) -> std::sync::mpsc::Receiver<SocketAddr> {
     let addr = SocketAddr::new(ip, 53);
     let socket = m
         .topo
@@ -1399,7 +1399,7 @@ fn fake_resolver(m: &Mesh, ip: IpAddr) -> (SocketAddr, std::sync::mpsc::Receiver
             }
         }
     });
-    (addr, rx)
+    rx
 }
 
 /// Sends one query from pod `a` to `resolver` (unconnected `sendto`, then a connected socket
@@ -1444,18 +1444,21 @@ fn dns_capture_forwards_to_the_original_resolver(capture: Capture) {
             },
         );
         let a = m.pod("a");
-        let families = [
-            (
-                IpAddr::from(mesh_tests::topology::gateway_v4(1)),
-                IpAddr::from(a.ipv4),
-            ),
-            (
-                IpAddr::from(mesh_tests::topology::gateway_v6(1)),
-                IpAddr::from(a.ipv6),
-            ),
+        let v4 = IpAddr::from(mesh_tests::topology::gateway_v4(1));
+        let mapped = IpAddr::from(mesh_tests::topology::gateway_v4(1).to_ipv6_mapped());
+        let v6 = IpAddr::from(mesh_tests::topology::gateway_v6(1));
+        // (the resolver's record of query sources, the address the app sends to, the app's
+        // address on the wire):
+        // IPv4, IPv4 through a dual-stack IPv6 socket, IPv6.
+        let sources_v4 = fake_resolver(&m, v4);
+        let sources_v6 = fake_resolver(&m, v6);
+        let cases = [
+            (&sources_v4, v4, IpAddr::from(a.ipv4)),
+            (&sources_v4, mapped, IpAddr::from(a.ipv4)),
+            (&sources_v6, v6, IpAddr::from(a.ipv6)),
         ];
-        for (resolver_ip, app_ip) in families {
-            let (resolver, sources) = fake_resolver(&m, resolver_ip);
+        for (sources, target_ip, app_ip) in cases {
+            let resolver = SocketAddr::new(target_ip, 53);
             let seen = dns_queries(&m, resolver);
             for (app_port, reply_from) in seen {
                 assert_eq!(reply_from, resolver, "the answer's source");
@@ -1485,7 +1488,7 @@ fn dns_capture_forwards_to_the_original_resolver(capture: Capture) {
                 &[("direction", "dns")],
             )
             .unwrap_or(0.0);
-            assert_eq!(dns, if on { 4.0 } else { 0.0 }, "{}", m.z1.metrics());
+            assert_eq!(dns, if on { 6.0 } else { 0.0 }, "{}", m.z1.metrics());
         }
     }
 }
