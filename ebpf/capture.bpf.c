@@ -11,6 +11,9 @@
  *   cgroup/getsockopt          answers SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST from it, so the
  *                              proxy reads the original destination as with nftables;
  *   cgroup/getpeername4, 6     show the application the peer it asked for.
+ * DNS (with dns_port set): connect4/6 and sendmsg4/6 send UDP to port 53 to the pod's DNS
+ *   listener at 127.i.i.i or ZT_DNS6_PREFIX::i (index i kept in dns_orig), and recvmsg4/6 and
+ *   getpeername4/6 show the application the resolver.
  * Inbound (one link per enrolled namespace):
  *   sk_lookup                  hands TCP connections to any port of the pod's addresses (except
  *                              HBONE) to the inbound plaintext listener; the accepted socket's
@@ -166,34 +169,109 @@ static __always_inline int remember(struct bpf_sock_addr *ctx, struct zt_addr *o
 	return 0;
 }
 
+/* 2 .. 0xffffff: never 127.0.0.0 or 127.0.0.1 (and never ::0 or ::1 in the IPv6 prefix) */
+static __always_inline __u32 dns_index(__u64 cookie)
+{
+	return (__u32)(cookie % 0xfffffe) + 2;
+}
+
+/* Records the resolver a redirected DNS socket asked for under (netns, index) for the DNS
+ * listener and by cookie for recvmsg/getpeername. */
+static __always_inline int remember_dns(struct bpf_sock_addr *ctx, __u64 netns, __u32 index,
+					struct zt_addr *orig)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct zt_dns_key key = { .netns = netns, .index = index };
+	if (bpf_map_update_elem(&dns_orig, &key, orig, BPF_ANY) ||
+	    bpf_map_update_elem(&cookie_orig, &cookie, orig, BPF_ANY)) {
+		count(ZT_ERROR_CONNECT);
+		return -1;
+	}
+	return 0;
+}
+
+/* The DNS settings when this UDP datagram/connect to port 53 is to be captured. */
+static __always_inline struct zt_settings *dns_capture(struct bpf_sock_addr *ctx, __u64 netns)
+{
+	if (ctx->user_port != bpf_htons(53) || !is_enrolled(netns))
+		return NULL;
+	struct zt_settings *s = get_settings();
+	if (!s || !s->dns_port || is_ztunnel_socket(ctx->sk, s))
+		return NULL;
+	return s;
+}
+
 /* UDP to port 53 (IPv4 resolvers): the destination becomes 127.i.i.i:dns_port, where i is
- * taken from the socket cookie, and the resolver is recorded under (netns, i) for the DNS
- * listener and by cookie for recvmsg4/getpeername4. */
+ * taken from the socket cookie. */
 static __always_inline int redirect_dns4(struct bpf_sock_addr *ctx)
 {
-	if (ctx->user_port != bpf_htons(53))
-		return 1;
 	__u64 netns = bpf_get_netns_cookie(ctx);
-	if (!is_enrolled(netns))
-		return 1;
-	struct zt_settings *s = get_settings();
-	if (!s || !s->dns_port || v4_is_local(ctx->user_ip4) || is_ztunnel_socket(ctx->sk, s))
+	struct zt_settings *s = dns_capture(ctx, netns);
+	if (!s || v4_is_local(ctx->user_ip4))
 		return 1;
 	struct zt_addr orig = {
 		.addr = { ctx->user_ip4 },
 		.port = (__u16)ctx->user_port,
 		.family = ZT_FAMILY_V4,
 	};
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	/* 2 .. 0xffffff: never 127.0.0.0 or 127.0.0.1 */
-	__u32 index = (__u32)(cookie % 0xfffffe) + 2;
-	struct zt_dns_key key = { .netns = netns, .index = index };
-	if (bpf_map_update_elem(&dns_orig, &key, &orig, BPF_ANY) ||
-	    bpf_map_update_elem(&cookie_orig, &cookie, &orig, BPF_ANY)) {
-		count(ZT_ERROR_CONNECT);
+	__u32 index = dns_index(bpf_get_socket_cookie(ctx));
+	if (remember_dns(ctx, netns, index, &orig))
 		return 1;
-	}
 	ctx->user_ip4 = bpf_htonl(0x7f000000 | index);
+	ctx->user_port = bpf_htons(s->dns_port);
+	count(ZT_REDIRECT_DNS);
+	return 1;
+}
+
+static __always_inline int in_dns6_prefix(__u32 a0, __u32 a1, __u32 a2)
+{
+	return a0 == bpf_htonl(ZT_DNS6_PREFIX0) && a1 == bpf_htonl(ZT_DNS6_PREFIX1) && a2 == 0;
+}
+
+/* UDP to port 53 from an IPv6 socket. IPv6 resolvers: the destination becomes
+ * [ZT_DNS6_PREFIX::i]:dns_port (the DNS listener's IPv6 socket receives it through the
+ * prefix's local route). A v4-mapped resolver (dual-stack socket) goes to ::ffff:127.i.i.i, the
+ * IPv4 scheme: a socket that can send to a mapped address can also send to that one. */
+static __always_inline int redirect_dns6(struct bpf_sock_addr *ctx)
+{
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	struct zt_settings *s = dns_capture(ctx, netns);
+	if (!s)
+		return 1;
+	__u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1];
+	__u32 a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
+	struct zt_addr orig = { .port = (__u16)ctx->user_port };
+	int mapped = v6_is_mapped(a0, a1, a2);
+	if (mapped) {
+		if (v4_is_local(a3))
+			return 1;
+		orig.addr[0] = a3;
+		orig.family = ZT_FAMILY_V4;
+	} else {
+		if (a0 == 0 && a1 == 0 && a2 == 0 && (a3 == 0 || a3 == bpf_htonl(1)))
+			return 1; /* :: and ::1 */
+		if (in_dns6_prefix(a0, a1, a2))
+			return 1; /* already redirected (or the listener itself) */
+		orig.addr[0] = a0;
+		orig.addr[1] = a1;
+		orig.addr[2] = a2;
+		orig.addr[3] = a3;
+		orig.family = ZT_FAMILY_V6;
+	}
+	__u32 index = dns_index(bpf_get_socket_cookie(ctx));
+	if (remember_dns(ctx, netns, index, &orig))
+		return 1;
+	if (mapped) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0xffff);
+		ctx->user_ip6[3] = bpf_htonl(0x7f000000 | index);
+	} else {
+		ctx->user_ip6[0] = bpf_htonl(ZT_DNS6_PREFIX0);
+		ctx->user_ip6[1] = bpf_htonl(ZT_DNS6_PREFIX1);
+		ctx->user_ip6[2] = 0;
+		ctx->user_ip6[3] = bpf_htonl(index);
+	}
 	ctx->user_port = bpf_htons(s->dns_port);
 	count(ZT_REDIRECT_DNS);
 	return 1;
@@ -207,20 +285,61 @@ int zt_sendmsg4(struct bpf_sock_addr *ctx)
 	return redirect_dns4(ctx);
 }
 
+SEC("cgroup/sendmsg6")
+int zt_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_DGRAM)
+		return 1;
+	return redirect_dns6(ctx);
+}
+
+/* The DNS reply's source, when it is the DNS listener: the resolver this socket asked for. */
+static __always_inline struct zt_addr *dns_reply_source(struct bpf_sock_addr *ctx)
+{
+	struct zt_settings *s = get_settings();
+	if (!s || !s->dns_port || ctx->user_port != bpf_htons(s->dns_port))
+		return NULL;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	return bpf_map_lookup_elem(&cookie_orig, &cookie);
+}
+
 /* The reply from 127.i.i.i:dns_port shows as coming from the resolver. */
 SEC("cgroup/recvmsg4")
 int zt_recvmsg4(struct bpf_sock_addr *ctx)
 {
 	if (ctx->type != SOCK_DGRAM || (bpf_ntohl(ctx->user_ip4) >> 24) != 127)
 		return 1;
-	struct zt_settings *s = get_settings();
-	if (!s || !s->dns_port || ctx->user_port != bpf_htons(s->dns_port))
-		return 1;
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct zt_addr *orig = bpf_map_lookup_elem(&cookie_orig, &cookie);
+	struct zt_addr *orig = dns_reply_source(ctx);
 	if (!orig || orig->family != ZT_FAMILY_V4)
 		return 1;
 	ctx->user_ip4 = orig->addr[0];
+	ctx->user_port = orig->port;
+	return 1;
+}
+
+/* The reply from [ZT_DNS6_PREFIX::i]:dns_port or [::ffff:127.i.i.i]:dns_port shows as coming
+ * from the resolver. */
+SEC("cgroup/recvmsg6")
+int zt_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_DGRAM)
+		return 1;
+	__u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1];
+	__u32 a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
+	int mapped = v6_is_mapped(a0, a1, a2) && (bpf_ntohl(a3) >> 24) == 127;
+	if (!mapped && !in_dns6_prefix(a0, a1, a2))
+		return 1;
+	struct zt_addr *orig = dns_reply_source(ctx);
+	if (!orig || orig->family != (mapped ? ZT_FAMILY_V4 : ZT_FAMILY_V6))
+		return 1;
+	if (mapped) {
+		ctx->user_ip6[3] = orig->addr[0];
+	} else {
+		ctx->user_ip6[0] = orig->addr[0];
+		ctx->user_ip6[1] = orig->addr[1];
+		ctx->user_ip6[2] = orig->addr[2];
+		ctx->user_ip6[3] = orig->addr[3];
+	}
 	ctx->user_port = orig->port;
 	return 1;
 }
@@ -253,6 +372,8 @@ int zt_connect4(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect6")
 int zt_connect6(struct bpf_sock_addr *ctx)
 {
+	if (ctx->type == SOCK_DGRAM)
+		return redirect_dns6(ctx);
 	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
 		return 1;
 	if (!is_enrolled(bpf_get_netns_cookie(ctx)))
@@ -454,9 +575,10 @@ int zt_getpeername6(struct bpf_sock_addr *ctx)
 {
 	__u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1];
 	__u32 a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
-	int mapped = v6_is_mapped(a0, a1, a2) && a3 == bpf_htonl(0x7f000001);
+	/* ::ffff:127.x.x.x: the outbound listener (127.0.0.1) or a v4-mapped DNS redirect */
+	int mapped = v6_is_mapped(a0, a1, a2) && (bpf_ntohl(a3) >> 24) == 127;
 	int loopback = a0 == 0 && a1 == 0 && a2 == 0 && a3 == bpf_htonl(1);
-	if (!mapped && !loopback)
+	if (!mapped && !loopback && !in_dns6_prefix(a0, a1, a2))
 		return 1;
 	struct zt_addr *orig = redirected_peer(ctx);
 	if (!orig)

@@ -10,6 +10,12 @@
 #define ZT_FAMILY_V4 4
 #define ZT_FAMILY_V6 6
 
+/* IPv6 has a single loopback address, so IPv6 DNS goes to ZT_DNS6_PREFIX::i instead (fd7a:7475:
+ * 6e6e:656c::/96, "ztunnel" in ASCII), which the loader makes local in each enrolled namespace
+ * with a `local` route on lo (any-IP). Words in host order; the programs convert. */
+#define ZT_DNS6_PREFIX0 0xfd7a7475
+#define ZT_DNS6_PREFIX1 0x6e6e656c
+
 /* settings[0]: written once by the loader before anything is enrolled. */
 struct zt_settings {
 	__u32 socket_mark;   /* ztunnel's own sockets: never redirected */
@@ -21,8 +27,9 @@ struct zt_settings {
 };
 
 /* A redirected DNS socket: (netns, index) where the index is the low 24 bits of the loopback
- * address 127.i.i.i its datagrams were sent to, so the DNS listener can read the original
- * resolver from the destination address of each datagram. */
+ * address 127.i.i.i (IPv4 resolvers) or the last word of ZT_DNS6_PREFIX::i (IPv6 resolvers)
+ * its datagrams were sent to, so the DNS listener can read the original resolver from the
+ * destination address of each datagram. */
 struct zt_dns_key {
 	__u64 netns;
 	__u32 index;

@@ -1377,10 +1377,10 @@ fn ebpf_fail_open_goes_direct_when_killed() {
     echo(m.pod("a"), m.pod("c").addr_v4(8080), b"meshed again").expect("a -> c again");
 }
 
-/// A fake resolver on node 1 (its address towards the pods, port 53) that answers each
-/// query with `answer:<query>` and records the source of every query.
-fn fake_resolver(m: &Mesh) -> (SocketAddr, std::sync::mpsc::Receiver<SocketAddr>) {
-    let addr = SocketAddr::new(mesh_tests::topology::gateway_v4(1).into(), 53);
+/// A fake resolver on node 1 at `ip` (one of its addresses towards the pods), port 53, that
+/// answers each query with `answer:<query>` and records the source of every query.
+fn fake_resolver(m: &Mesh, ip: IpAddr) -> std::sync::mpsc::Receiver<SocketAddr> {
+    let addr = SocketAddr::new(ip, 53);
     let socket = m
         .topo
         .node(1)
@@ -1399,7 +1399,7 @@ fn fake_resolver(m: &Mesh) -> (SocketAddr, std::sync::mpsc::Receiver<SocketAddr>
             }
         }
     });
-    (addr, rx)
+    rx
 }
 
 /// Sends one query from pod `a` to `resolver` (unconnected `sendto`, then a connected socket
@@ -1407,14 +1407,19 @@ fn fake_resolver(m: &Mesh) -> (SocketAddr, std::sync::mpsc::Receiver<SocketAddr>
 fn dns_queries(m: &Mesh, resolver: SocketAddr) -> Vec<(u16, SocketAddr)> {
     m.pod("a").run(|| {
         let mut seen = Vec::new();
-        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let any: SocketAddr = if resolver.is_ipv6() {
+            "[::]:0".parse().expect("literal")
+        } else {
+            "0.0.0.0:0".parse().expect("literal")
+        };
+        let s = std::net::UdpSocket::bind(any).expect("bind");
         s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
         s.send_to(b"q1", resolver).expect("sendto");
         let mut buf = [0u8; 64];
         let (n, from) = s.recv_from(&mut buf).expect("answer to sendto");
         assert_eq!(&buf[..n], b"answer:q1");
         seen.push((s.local_addr().expect("local").port(), from));
-        let c = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let c = std::net::UdpSocket::bind(any).expect("bind");
         c.set_read_timeout(Some(TIMEOUT)).expect("timeout");
         c.connect(resolver).expect("connect");
         assert_eq!(c.peer_addr().expect("peer"), resolver, "getpeername");
@@ -1426,9 +1431,9 @@ fn dns_queries(m: &Mesh, resolver: SocketAddr) -> Vec<(u16, SocketAddr)> {
     })
 }
 
-/// `dns: {capture: true}`: pod a's queries to a resolver reach ztunnel's DNS listener, which
-/// forwards them (from another socket) and relays the answers as if from the resolver; with
-/// capture off the resolver gets them straight from the app's socket.
+/// `dns: {capture: true}`: pod a's queries to a resolver (IPv4 and IPv6) reach ztunnel's DNS
+/// listener, which forwards them (from another socket) and relays the answers as if from the
+/// resolver; with capture off the resolver gets them straight from the app's socket.
 fn dns_capture_forwards_to_the_original_resolver(capture: Capture) {
     for on in [true, false] {
         let m = Mesh::start(
@@ -1438,18 +1443,42 @@ fn dns_capture_forwards_to_the_original_resolver(capture: Capture) {
                 ..Opts::default()
             },
         );
-        let (resolver, sources) = fake_resolver(&m);
-        let seen = dns_queries(&m, resolver);
-        for (app_port, reply_from) in seen {
-            assert_eq!(reply_from, resolver, "the answer's source");
-            let source = sources
-                .recv_timeout(TIMEOUT)
-                .expect("query at the resolver");
-            assert_eq!(source.ip(), IpAddr::from(m.pod("a").ipv4));
-            if on {
-                assert_ne!(source.port(), app_port, "the query was not captured");
-            } else {
-                assert_eq!(source.port(), app_port, "DNS was touched with capture off");
+        let a = m.pod("a");
+        let v4 = IpAddr::from(mesh_tests::topology::gateway_v4(1));
+        let mapped = IpAddr::from(mesh_tests::topology::gateway_v4(1).to_ipv6_mapped());
+        let v6 = IpAddr::from(mesh_tests::topology::gateway_v6(1));
+        // (the resolver's record of query sources, the address the app sends to, the app's
+        // address on the wire):
+        // IPv4, IPv4 through a dual-stack IPv6 socket, IPv6.
+        let sources_v4 = fake_resolver(&m, v4);
+        let sources_v6 = fake_resolver(&m, v6);
+        let cases = [
+            (&sources_v4, v4, IpAddr::from(a.ipv4)),
+            (&sources_v4, mapped, IpAddr::from(a.ipv4)),
+            (&sources_v6, v6, IpAddr::from(a.ipv6)),
+        ];
+        for (sources, target_ip, app_ip) in cases {
+            let resolver = SocketAddr::new(target_ip, 53);
+            let seen = dns_queries(&m, resolver);
+            for (app_port, reply_from) in seen {
+                assert_eq!(reply_from, resolver, "the answer's source");
+                let source = sources
+                    .recv_timeout(TIMEOUT)
+                    .expect("query at the resolver");
+                assert_eq!(source.ip(), app_ip, "query to {resolver}");
+                if on {
+                    assert_ne!(
+                        source.port(),
+                        app_port,
+                        "the query to {resolver} was not captured"
+                    );
+                } else {
+                    assert_eq!(
+                        source.port(),
+                        app_port,
+                        "DNS to {resolver} was touched with capture off"
+                    );
+                }
             }
         }
         if capture == Capture::Ebpf {
@@ -1459,7 +1488,7 @@ fn dns_capture_forwards_to_the_original_resolver(capture: Capture) {
                 &[("direction", "dns")],
             )
             .unwrap_or(0.0);
-            assert_eq!(dns, if on { 2.0 } else { 0.0 }, "{}", m.z1.metrics());
+            assert_eq!(dns, if on { 6.0 } else { 0.0 }, "{}", m.z1.metrics());
         }
     }
 }

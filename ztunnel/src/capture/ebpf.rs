@@ -34,7 +34,7 @@ use aya::programs::{
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use self::abi::{counter, DnsKey, Endpoint, NetData, Settings};
+use self::abi::{counter, dns_index, DnsKey, Endpoint, NetData, Settings};
 use self::pin::Pins;
 use self::state::State;
 use super::{routing, Backend, Error, Exemption, Marks, Pod, Ports};
@@ -48,13 +48,15 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ca
 /// `SO_NETNS_COOKIE` (Linux 5.14): the cookie `bpf_get_netns_cookie` returns for a namespace.
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
-const SOCK_ADDR_PROGRAMS: [&str; 6] = [
+const SOCK_ADDR_PROGRAMS: [&str; 8] = [
     "zt_connect4",
     "zt_connect6",
     "zt_getpeername4",
     "zt_getpeername6",
     "zt_sendmsg4",
     "zt_recvmsg4",
+    "zt_sendmsg6",
+    "zt_recvmsg6",
 ];
 const SK_LOOKUP: &str = "zt_sk_lookup";
 /// The programs whose links are pinned (fail-closed): with ztunnel gone they keep pods'
@@ -114,12 +116,14 @@ pub struct Options {
     /// Fail-closed: pin links and maps here (on a bpffs, mounted if needed) so they outlive
     /// the process and a restarted ztunnel adopts them. `None`: fail open.
     pub pin_dir: Option<PathBuf>,
-    /// Capture UDP to port 53 (IPv4 resolvers) to this pod-local port.
+    /// Capture UDP to port 53 (IPv4 and IPv6 resolvers) to this pod-local port.
     pub dns_port: Option<u16>,
 }
 
 pub struct Ebpf {
     marks: Marks,
+    /// DNS capture is on: enrolled namespaces get the local route of [`abi::DNS6_PREFIX`].
+    dns: bool,
     cgroup: PathBuf,
     state: Mutex<State>,
     bypass: Arc<Mutex<BpfHashMap<MapData, Endpoint, u32>>>,
@@ -259,6 +263,7 @@ impl Ebpf {
 
         Ok(Ebpf {
             marks,
+            dns: options.dns_port.is_some(),
             cgroup,
             state: Mutex::new(State {
                 bpf,
@@ -351,6 +356,18 @@ fn netns_cookie() -> io::Result<u64> {
     Ok(cookie)
 }
 
+/// Adds (`replace`) or removes (`del`) the any-IP route that makes [`abi::DNS6_PREFIX`] local
+/// in the calling thread's namespace, so IPv6 DNS redirected there reaches the DNS listener.
+fn dns6_route(pod: &str, action: &str) -> Result<(), Error> {
+    let prefix = format!("{}/{}", abi::DNS6_PREFIX, abi::DNS6_PREFIX_LEN);
+    routing::run(
+        pod,
+        "ip",
+        &["-6", "route", action, "local", &prefix, "dev", "lo"],
+        None,
+    )
+}
+
 impl Backend for Ebpf {
     fn name(&self) -> &'static str {
         "ebpf"
@@ -371,6 +388,7 @@ impl Backend for Ebpf {
                 )
             })?;
             let delivery = self.marks.delivery;
+            let dns = self.dns;
             let run_name = name.clone();
             let cookie = pod
                 .netns
@@ -379,6 +397,9 @@ impl Backend for Ebpf {
                     // The app's accepted socket takes the mark of ztunnel's delivery SYN, so
                     // its replies follow the fwmark rule back to ztunnel (no conntrack here).
                     routing::set_sysctl(&run_name, "net/ipv4/tcp_fwmark_accept", "1")?;
+                    if dns {
+                        dns6_route(&run_name, "replace")?;
+                    }
                     netns_cookie().map_err(|e| Error::Ebpf {
                         pod: run_name.clone(),
                         action: "read the namespace cookie (SO_NETNS_COOKIE, Linux 5.14+)",
@@ -406,9 +427,16 @@ impl Backend for Ebpf {
         async move {
             self.state().forget(&pod.name);
             let delivery = self.marks.delivery;
+            let dns = self.dns;
             let run_name = pod.name.clone();
             pod.netns
-                .run(move || routing::remove(&run_name, delivery))
+                .run(move || {
+                    routing::remove(&run_name, delivery);
+                    if dns {
+                        // Fails only when the route is already gone.
+                        let _ = dns6_route(&run_name, "del");
+                    }
+                })
                 .await
                 .map_err(|source| Error::Netns {
                     pod: pod.name.clone(),
@@ -423,17 +451,11 @@ impl Backend for Ebpf {
     }
 
     fn dns_original(&self, pod: &str, local: SocketAddr) -> Option<SocketAddr> {
-        let std::net::IpAddr::V4(ip) = local.ip() else {
-            return None;
-        };
-        let [first, a, b, c] = ip.octets();
-        if first != 127 {
-            return None;
-        }
+        let index = dns_index(local.ip())?;
         let state = self.state();
         let key = DnsKey {
             netns: state.pods.get(pod)?.cookie,
-            index: u32::from_be_bytes([0, a, b, c]),
+            index,
             pad: 0,
         };
         state.dns.get(&key, 0).ok()?.socket_addr()

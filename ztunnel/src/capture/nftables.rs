@@ -77,15 +77,17 @@ impl Nftables {
         let Marks { bypass, delivery } = self.marks;
         let probes = self.probe_rules();
         // DNS is steered with TPROXY, not NAT, so the listener sees the resolver's address as
-        // the datagram's destination: the app's query gets the delivery mark (the fwmark rule
-        // routes it over `lo`), and on `lo` it is handed to the listener unchanged.
+        // the datagram's destination: the app's query (IPv4 or IPv6) gets the delivery mark
+        // (the fwmark rule routes it over `lo`), and on `lo` it is handed to the listener of
+        // its family unchanged.
         let (dns_mark, dns_tproxy) = match self.dns_port {
             Some(p) => (
                 format!(
-                    "        meta mark != {bypass:#x} meta nfproto ipv4 udp dport 53 meta mark set {delivery:#x}\n"
+                    "        meta mark != {bypass:#x} udp dport 53 meta mark set {delivery:#x}\n"
                 ),
                 format!(
-                    "        iif \"lo\" meta mark {delivery:#x} meta nfproto ipv4 udp dport 53 tproxy ip to :{p}\n"
+                    "        iif \"lo\" meta mark {delivery:#x} meta nfproto ipv4 udp dport 53 tproxy ip to :{p}\n\
+                     \x20       iif \"lo\" meta mark {delivery:#x} meta nfproto ipv6 udp dport 53 tproxy ip6 to :{p}\n"
                 ),
             ),
             None => (String::new(), String::new()),

@@ -42,13 +42,46 @@ pub struct Addr {
 unsafe impl aya::Pod for Addr {}
 
 impl Addr {
-    /// The socket address recorded (IPv4 only: DNS capture is IPv4 for now).
+    /// The socket address recorded.
     pub fn socket_addr(&self) -> Option<SocketAddr> {
-        if u32::from(self.family) != FAMILY_V4 {
-            return None;
+        let ip = match u32::from(self.family) {
+            FAMILY_V4 => IpAddr::from(self.addr[0].to_ne_bytes()),
+            FAMILY_V6 => {
+                let mut octets = [0u8; 16];
+                for (chunk, word) in octets.chunks_exact_mut(4).zip(self.addr) {
+                    chunk.copy_from_slice(&word.to_ne_bytes());
+                }
+                IpAddr::from(octets)
+            }
+            _ => return None,
+        };
+        Some(SocketAddr::new(ip, u16::from_be(self.port)))
+    }
+}
+
+/// `ZT_DNS6_PREFIX`: IPv6 DNS is redirected to `fd7a:7475:6e6e:656c::i` (the index in the last
+/// word), made local in each enrolled namespace by a `local` route on lo.
+pub const DNS6_PREFIX: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfd7a, 0x7475, 0x6e6e, 0x656c, 0, 0, 0, 0);
+pub const DNS6_PREFIX_LEN: u8 = 96;
+
+/// The `dns_orig` index a redirected DNS datagram's destination carries: `127.i.i.i`,
+/// `::ffff:127.i.i.i` or `DNS6_PREFIX::i`.
+pub fn dns_index(local: IpAddr) -> Option<u32> {
+    let ip = match local {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(local, IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => {
+            let [first, a, b, c] = v4.octets();
+            (first == 127).then(|| u32::from_be_bytes([0, a, b, c]))
         }
-        let ip = std::net::Ipv4Addr::from(self.addr[0].to_ne_bytes());
-        Some(SocketAddr::from((ip, u16::from_be(self.port))))
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let prefix = DNS6_PREFIX.octets();
+            (o[..12] == prefix[..12]).then(|| u32::from_be_bytes([o[12], o[13], o[14], o[15]]))
+        }
     }
 }
 
@@ -175,5 +208,35 @@ mod tests {
         assert_eq!(Endpoint::of(v4).family, 4);
         let v6: SocketAddr = "[fd00::1]:80".parse().expect("literal");
         assert_eq!(Endpoint::of(v6).family, 6);
+    }
+
+    #[test]
+    fn recorded_addresses_and_dns_indices_round_trip() {
+        let v6: SocketAddr = "[fd00:201:1::1]:53".parse().expect("literal");
+        let e = Endpoint::of(v6);
+        let a = Addr {
+            addr: e.addr,
+            port: 53u16.to_be(),
+            family: 6,
+        };
+        assert_eq!(a.socket_addr(), Some(v6));
+        let v4 = Addr {
+            addr: Endpoint::of("10.0.0.1:53".parse().expect("literal")).addr,
+            port: 53u16.to_be(),
+            family: 4,
+        };
+        assert_eq!(
+            v4.socket_addr(),
+            Some("10.0.0.1:53".parse().expect("literal"))
+        );
+        let index = |s: &str| dns_index(s.parse().expect("literal"));
+        assert_eq!(index("127.1.2.3"), Some(0x01_02_03));
+        assert_eq!(index("::ffff:127.1.2.3"), Some(0x01_02_03));
+        assert_eq!(index("fd7a:7475:6e6e:656c::1:203"), Some(0x01_02_03));
+        assert_eq!(index("fd00:201:1::1"), None);
+        assert_eq!(index("10.1.2.3"), None);
+        let header = include_str!("../../../../ebpf/capture.h");
+        assert!(header.contains("ZT_DNS6_PREFIX0 0xfd7a7475"));
+        assert!(header.contains("ZT_DNS6_PREFIX1 0x6e6e656c"));
     }
 }

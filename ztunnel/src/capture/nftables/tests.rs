@@ -122,12 +122,18 @@ fn dns_capture_marks_queries_and_tproxies_them_on_lo() {
         .with_dns(Some(15053))
         .ruleset();
     assert!(
-        rules.contains("meta mark != 0x539 meta nfproto ipv4 udp dport 53 meta mark set 0x53a"),
+        rules.contains("meta mark != 0x539 udp dport 53 meta mark set 0x53a"),
         "{rules}"
     );
     assert!(
         rules.contains(
             "iif \"lo\" meta mark 0x53a meta nfproto ipv4 udp dport 53 tproxy ip to :15053"
+        ),
+        "{rules}"
+    );
+    assert!(
+        rules.contains(
+            "iif \"lo\" meta mark 0x53a meta nfproto ipv6 udp dport 53 tproxy ip6 to :15053"
         ),
         "{rules}"
     );
