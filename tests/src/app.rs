@@ -361,6 +361,31 @@ pub fn roundtrip(stream: &mut TcpStream, msg: &[u8]) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Opens a connection from `pod` to `target` and checks one echo exchange (no half-close), so
+/// the caller gets a connection that is proven to work and still open.
+pub fn echo_open(
+    pod: &Pod,
+    target: SocketAddr,
+    msg: &[u8],
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let mut s = pod.connect(target, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    ping(&mut s, msg)?;
+    Ok(s)
+}
+
+/// One echo exchange on an open connection: writes `msg`, reads back exactly as many bytes.
+pub fn ping(s: &mut TcpStream, msg: &[u8]) -> io::Result<()> {
+    s.write_all(msg)?;
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got)?;
+    if got != msg {
+        return Err(io::Error::other("echo mismatch"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

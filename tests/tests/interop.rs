@@ -117,28 +117,13 @@ fn leaf_spec(leaf: &Leaf) -> Value {
     json!({"ca": path(&leaf.ca), "cert": path(&leaf.cert), "key": path(&leaf.key)})
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    mesh_tests::wait_for(what, TIMEOUT, cond)
 }
 
 /// Opens a connection from `pod` and checks one echo round trip; returns the open stream.
 fn echo(pod: &Pod, target: SocketAddr, msg: &[u8]) -> std::io::Result<TcpStream> {
-    let mut s = pod.connect(target, TIMEOUT)?;
-    s.set_read_timeout(Some(TIMEOUT))?;
-    s.write_all(msg)?;
-    let mut got = vec![0u8; msg.len()];
-    s.read_exact(&mut got)?;
-    if got != msg {
-        return Err(std::io::Error::other("echo mismatch"));
-    }
-    Ok(s)
+    app::echo_open(pod, target, msg, TIMEOUT)
 }
 
 /// Runs the Node.js HBONE client from node n1's namespace against `hbone` with `leaf`, sending

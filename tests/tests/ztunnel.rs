@@ -263,35 +263,14 @@ fn count(log: &str, needle: &str) -> usize {
     log.matches(needle).count()
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    mesh_tests::wait_for(what, TIMEOUT, cond)
 }
 
 /// Opens a connection from `pod` and checks an echo round trip through it; the connection
 /// stays open (no half-close) for the caller.
 fn echo(pod: &Pod, target: SocketAddr, msg: &[u8]) -> std::io::Result<TcpStream> {
-    let mut s = pod.connect(target, TIMEOUT)?;
-    s.set_read_timeout(Some(TIMEOUT))?;
-    ping(&mut s, msg)?;
-    Ok(s)
-}
-
-/// One echo exchange on an open connection.
-fn ping(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
-    s.write_all(msg)?;
-    let mut got = vec![0u8; msg.len()];
-    s.read_exact(&mut got)?;
-    if got != msg {
-        return Err(std::io::Error::other("echo mismatch"));
-    }
-    Ok(())
+    app::echo_open(pod, target, msg, TIMEOUT)
 }
 
 /// A connection the mesh refuses is accepted by the pod's outbound listener (capture is
@@ -391,7 +370,7 @@ fn bytes_between_nodes_are_tls_only(capture: Capture) {
     let cap = PacketCapture::start(&n1.netns_path, &n1.link_iface).expect("capture");
     let secret = b"APPLICATION-PLAINTEXT-5e1f0c";
     let mut s = echo(m.pod("a"), m.pod("c").addr_v4(8080), secret).expect("a -> c");
-    ping(&mut s, secret).expect("second round trip");
+    app::ping(&mut s, secret).expect("second round trip");
     drop(s);
     std::thread::sleep(Duration::from_millis(200));
     let frames = cap.stop();
@@ -668,7 +647,7 @@ fn certificate_renewal_keeps_long_lived_connections(capture: Capture) {
     assert!(!first.is_empty());
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(6) {
-        ping(&mut s, b"still here").expect("long-lived connection broke during renewal");
+        app::ping(&mut s, b"still here").expect("long-lived connection broke during renewal");
         std::thread::sleep(Duration::from_millis(250));
     }
     assert_ne!(serials(&m.z1), first, "certificates were not renewed");
@@ -730,7 +709,7 @@ fn sigterm_drains_open_connections(capture: Capture) {
     let mut s = echo(m.pod("a"), m.pod("b").addr_v4(8080), b"before").expect("a -> b");
     m.z1.sigterm().expect("sigterm");
     std::thread::sleep(Duration::from_millis(300));
-    ping(&mut s, b"during drain").expect("open connection survives the start of the drain");
+    app::ping(&mut s, b"during drain").expect("open connection survives the start of the drain");
     let ready = mesh_tests::http::request(
         &m.topo.node(1).netns_path,
         SocketAddr::from(([127, 0, 0, 1], mesh_tests::daemon::READY_PORT)),
@@ -844,7 +823,7 @@ fn a_reload_that_does_not_affect_a_connection_keeps_it(capture: Capture) {
         policies: "  - {name: deny-b, namespace: default, selector: {app: c}, action: DENY, rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/b]}}]}]}\n".into(),
         ..Opts::default()
     });
-    ping(&mut s, b"after reload").expect("the connection survived the reload");
+    app::ping(&mut s, b"after reload").expect("the connection survived the reload");
     assert_refused(m.pod("b"), m.pod("c").addr_v4(8080));
 }
 
@@ -980,7 +959,7 @@ fn non_enrolled_pod_is_untouched(capture: Capture) {
         .connect(m.pod("b").addr_v4(8080), TIMEOUT)
         .expect("node -> b");
     from_node.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    ping(&mut from_node, b"node to b").expect("node -> b echo");
+    app::ping(&mut from_node, b"node to b").expect("node -> b echo");
     assert_eq!(
         b_srv.peers().iter().map(|p| p.ip()).collect::<Vec<_>>(),
         vec![IpAddr::from(mesh_tests::topology::gateway_v4(1))]
@@ -1062,7 +1041,7 @@ fn enroll_and_unenroll_a_live_pod(capture: Capture) {
         .connect(m.pod("b").addr_v4(8080), TIMEOUT)
         .expect("node -> b");
     from_node.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    ping(&mut from_node, b"captured").expect("node -> b captured");
+    app::ping(&mut from_node, b"captured").expect("node -> b captured");
     drop(from_node);
     wait_for("node -> b in the access log", || {
         access_lines(&m.z1.log(), "inbound")
@@ -1086,7 +1065,7 @@ fn enroll_and_unenroll_a_live_pod(capture: Capture) {
         .connect(m.pod("b").addr_v4(8080), TIMEOUT)
         .expect("node -> b direct");
     from_node.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    ping(&mut from_node, b"direct again").expect("node -> b direct");
+    app::ping(&mut from_node, b"direct again").expect("node -> b direct");
     let s = echo(m.pod("b"), m.pod("c").addr_v4(8080), b"direct").expect("b -> c direct");
     assert_eq!(s.peer_addr().expect("peer"), m.pod("c").addr_v4(8080));
     drop((s, from_node));
@@ -1137,7 +1116,7 @@ fn ten_thousand_connections_through_capture(capture: Capture) {
         for i in 0..N {
             let r = TcpStream::connect_timeout(&target, TIMEOUT).and_then(|mut s| {
                 s.set_read_timeout(Some(TIMEOUT))?;
-                ping(&mut s, &(i as u64).to_be_bytes())
+                app::ping(&mut s, &(i as u64).to_be_bytes())
             });
             if let Err(e) = r {
                 failures.push(format!("connection {i}: {e}"));
@@ -1184,7 +1163,7 @@ fn ten_thousand_connections_through_capture(capture: Capture) {
 fn echo_from_node(m: &Mesh, node: u8, target: SocketAddr, msg: &[u8]) -> std::io::Result<()> {
     let mut s = m.topo.node(node).connect(target, TIMEOUT)?;
     s.set_read_timeout(Some(TIMEOUT))?;
-    ping(&mut s, msg)
+    app::ping(&mut s, msg)
 }
 
 /// Health probes: under STRICT mTLS, a connection from a listed probe source (the node's
@@ -1273,7 +1252,7 @@ fn kill_restart_fails_closed_and_readopts(capture: Capture) {
         .connect(m.pod("b").addr_v4(8080), Duration::from_secs(2))
         .and_then(|mut s| {
             s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            ping(&mut s, b"to b while down")
+            app::ping(&mut s, b"to b while down")
         });
     assert!(
         inbound.is_err(),

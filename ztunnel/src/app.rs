@@ -122,9 +122,8 @@ pub async fn run(config_path: &Path, node: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The configured capture backend. `auto` prefers eBPF and falls back to nftables with one log
-/// line saying why; an explicit `ebpf` that cannot load stops ztunnel.
-fn capture_backend(config: &Config, ctx: &Context) -> anyhow::Result<Option<Arc<dyn Backend>>> {
+/// The ports and marks every capture backend needs, from the node settings.
+fn capture_settings(config: &Config) -> (capture::Ports, capture::Marks) {
     let ports = capture::Ports {
         outbound: config.listeners.outbound,
         inbound_plaintext: config.listeners.inbound_plaintext,
@@ -134,6 +133,13 @@ fn capture_backend(config: &Config, ctx: &Context) -> anyhow::Result<Option<Arc<
         bypass: config.socket_mark,
         delivery: config.delivery_mark,
     };
+    (ports, marks)
+}
+
+/// The configured capture backend. `auto` prefers eBPF and falls back to nftables with one log
+/// line saying why; an explicit `ebpf` that cannot load stops ztunnel.
+fn capture_backend(config: &Config, ctx: &Context) -> anyhow::Result<Option<Arc<dyn Backend>>> {
+    let (ports, marks) = capture_settings(config);
     let ebpf = |ebpf: capture::Ebpf| -> Arc<dyn Backend> {
         let ebpf = Arc::new(ebpf);
         tracing::info!(cgroup = %ebpf.cgroup().display(), "capturing with eBPF");
@@ -233,15 +239,7 @@ pub async fn uninstall_capture(config_path: &Path, node: &str) -> anyhow::Result
     if capture::ebpf::pin::remove_all(dir).with_context(|| format!("removing {}", dir.display()))? {
         println!("removed pinned eBPF capture state {}", dir.display());
     }
-    let ports = capture::Ports {
-        outbound: config.listeners.outbound,
-        inbound_plaintext: config.listeners.inbound_plaintext,
-        hbone: config.listeners.hbone,
-    };
-    let marks = capture::Marks {
-        bypass: config.socket_mark,
-        delivery: config.delivery_mark,
-    };
+    let (ports, marks) = capture_settings(&config);
     let nft = capture::Nftables::new(ports, marks);
     for w in loaded.state.local_workloads(&config.node) {
         let Some(path) = &w.netns else { continue };
