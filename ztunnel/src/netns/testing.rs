@@ -145,3 +145,19 @@ fn sh(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// What an app in a namespace does: a plain socket (no mark) connecting to `dst`, handed to
+/// tokio afterwards.
+pub async fn app_connect(
+    netns: &Netns,
+    dst: std::net::SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let std_stream = netns
+        .run(move || -> std::io::Result<std::net::TcpStream> {
+            let s = std::net::TcpStream::connect_timeout(&dst, std::time::Duration::from_secs(5))?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })
+        .await??;
+    tokio::net::TcpStream::from_std(std_stream)
+}

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
-use crate::netns::testing::{Pair, PEER_V4, PEER_V6, POD_V4, POD_V6};
+use crate::netns::testing::{app_connect, Pair, PEER_V4, PEER_V6, POD_V4, POD_V6};
 use crate::netns::Netns;
 use crate::socket::{canonical, original_dst};
 
@@ -55,17 +55,6 @@ async fn enrolled() -> Env {
     }
 }
 
-async fn connect_from(netns: &Netns, dst: SocketAddr) -> std::io::Result<TcpStream> {
-    let std_stream = netns
-        .run(move || -> std::io::Result<std::net::TcpStream> {
-            let s = std::net::TcpStream::connect_timeout(&dst, WAIT)?;
-            s.set_nonblocking(true)?;
-            Ok(s)
-        })
-        .await??;
-    TcpStream::from_std(std_stream)
-}
-
 async fn accept(listener: &TcpListener) -> TcpStream {
     tokio::time::timeout(WAIT, listener.accept())
         .await
@@ -89,7 +78,7 @@ async fn outbound_is_redirected_with_original_destination_and_peer_name() {
     let env = enrolled().await;
     for peer_ip in [PEER_V4, PEER_V6] {
         let dst = SocketAddr::new(peer_ip, 80);
-        let mut app = connect_from(&env.pod.netns, dst)
+        let mut app = app_connect(&env.pod.netns, dst)
             .await
             .expect("app connect is redirected");
         assert_eq!(app.peer_addr().expect("getpeername"), dst);
@@ -109,7 +98,7 @@ async fn inbound_is_steered_and_delivery_is_exempt() {
     let app = env.pod.netns.listen(any(8080), None).await.expect("app");
     for (pod_ip, peer_ip) in [(POD_V4, PEER_V4), (POD_V6, PEER_V6)] {
         let dst = SocketAddr::new(pod_ip, 8080);
-        let mut client = connect_from(&env.peer, dst).await.expect("peer -> pod");
+        let mut client = app_connect(&env.peer, dst).await.expect("peer -> pod");
         let mut steered = accept(&env.inbound).await;
         // sk_lookup keeps the destination: the local address is the original one.
         assert_eq!(canonical(steered.local_addr().expect("local")), dst);
@@ -156,11 +145,11 @@ async fn unenroll_leaves_nothing_behind() {
     // Both directions are direct again.
     let server = env.peer.listen(any(9000), None).await.expect("peer server");
     let dst = SocketAddr::new(PEER_V4, 9000);
-    let mut app = connect_from(&env.pod.netns, dst).await.expect("direct");
+    let mut app = app_connect(&env.pod.netns, dst).await.expect("direct");
     let mut served = accept(&server).await;
     echo_check(&mut app, &mut served).await;
     let app_l = env.pod.netns.listen(any(8080), None).await.expect("app");
-    let mut client = connect_from(&env.peer, SocketAddr::new(POD_V4, 8080))
+    let mut client = app_connect(&env.peer, SocketAddr::new(POD_V4, 8080))
         .await
         .expect("peer -> pod direct");
     let mut served = accept(&app_l).await;

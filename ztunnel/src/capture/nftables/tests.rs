@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::*;
 use crate::capture::Error;
 use crate::capture::{Backend, Marks, Pod, Ports};
-use crate::netns::testing::{Pair, PEER_V4, PEER_V6, POD_V4, POD_V6};
+use crate::netns::testing::{app_connect, Pair, PEER_V4, PEER_V6, POD_V4, POD_V6};
 use crate::netns::Netns;
 use crate::socket::{canonical, original_dst};
 
@@ -44,18 +44,6 @@ async fn enrolled() -> Enrolled {
         peer,
         backend,
     }
-}
-
-/// What an app in the pod does: a plain socket without marks.
-async fn app_connect(netns: &Netns, dst: SocketAddr) -> std::io::Result<TcpStream> {
-    let std_stream = netns
-        .run(move || -> std::io::Result<std::net::TcpStream> {
-            let s = std::net::TcpStream::connect_timeout(&dst, WAIT)?;
-            s.set_nonblocking(true)?;
-            Ok(s)
-        })
-        .await??;
-    TcpStream::from_std(std_stream)
 }
 
 async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
