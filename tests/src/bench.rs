@@ -36,6 +36,14 @@ pub struct Options {
     pub latency_duration: Duration,
     /// Idle proxied connections held open for the memory measurement.
     pub idle_connections: usize,
+    /// Groups to measure (latency, connections, throughput, memory); empty means all.
+    pub only: Vec<String>,
+}
+
+impl Options {
+    fn measures(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
 }
 
 /// Where a scenario's client connects to, and where its server runs.
@@ -136,7 +144,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         bench.traffic("direct", None)?;
         eprintln!("run {}/{}: mesh", run + 1, opts.runs);
         let daemons = bench.mesh.start()?;
-        bench.memory(&daemons)?;
+        if opts.measures("memory") {
+            bench.memory(&daemons)?;
+        }
         bench.traffic("mesh", Some(&daemons))?;
         daemons.stop()?;
     }
@@ -186,6 +196,12 @@ impl Bench {
             let cpu = |pids: &[u32]| -> anyhow::Result<f64> {
                 pids.iter().map(|p| proc::cpu_seconds(*p)).sum()
             };
+            if !self.opts.measures("latency") {
+                if self.opts.measures("connections") {
+                    Self::connections(&self.client, &mut self.samples, d, mode, path)?;
+                }
+                continue;
+            }
             let before = cpu(&pids)?;
             let fixed = load::fixed_rate(
                 &self.client,
@@ -232,17 +248,12 @@ impl Bench {
                 );
             }
 
-            let (rate, failed) = load::connection_rate(&self.client, path.addr, d)
-                .with_context(|| format!("{mode} connection rate, {}", path.name))?;
-            anyhow::ensure!(
-                failed as f64 <= rate * d.as_secs_f64() * 0.01,
-                "{mode} connection rate, {}: {failed} of the connections failed",
-                path.name
-            );
-            self.samples
-                .add(format!("connections/{}/{mode}", path.name), rate);
-            // Let the TIME_WAIT sockets of the connection run drain a little before the next.
-            std::thread::sleep(Duration::from_secs(1));
+            if self.opts.measures("connections") {
+                Self::connections(&self.client, &mut self.samples, d, mode, path)?;
+            }
+        }
+        if !self.opts.measures("throughput") {
+            return Ok(());
         }
         for path in self.hbone.iter().chain(&self.passthrough) {
             for streams in [1, 8] {
@@ -253,6 +264,26 @@ impl Bench {
                     .add(format!("throughput/{}/{streams}/{mode}", path.name), gbps);
             }
         }
+        Ok(())
+    }
+
+    fn connections(
+        client: &NsRuntime,
+        samples: &mut Samples,
+        d: Duration,
+        mode: &str,
+        path: &Path,
+    ) -> anyhow::Result<()> {
+        let (rate, failed) = load::connection_rate(client, path.addr, d)
+            .with_context(|| format!("{mode} connection rate, {}", path.name))?;
+        anyhow::ensure!(
+            failed as f64 <= rate * d.as_secs_f64() * 0.01,
+            "{mode} connection rate, {}: {failed} of the connections failed",
+            path.name
+        );
+        samples.add(format!("connections/{}/{mode}", path.name), rate);
+        // Let the TIME_WAIT sockets of the connection run drain a little before the next.
+        std::thread::sleep(Duration::from_secs(1));
         Ok(())
     }
 

@@ -22,7 +22,7 @@ enum Command {
         #[arg(long)]
         node: String,
         /// Tokio worker threads (default: one per core).
-        #[arg(long)]
+        #[arg(long, env = "ZTUNNEL_WORKERS")]
         workers: Option<usize>,
     },
     /// Remove capture left by a fail-closed ztunnel (pinned eBPF state, pods' nftables rules).

@@ -30,6 +30,10 @@ struct Args {
     /// process, so each costs it two descriptors: mind the open-file limit).
     #[arg(long, default_value_t = 4000)]
     idle_connections: usize,
+    /// Measure only these groups (comma-separated: latency, connections, throughput, memory);
+    /// rows of the others show "–". For quick before/after checks of one optimisation.
+    #[arg(long, value_delimiter = ',', value_parser = ["latency", "connections", "throughput", "memory"])]
+    only: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +44,6 @@ fn main() -> anyhow::Result<()> {
         duration: Duration::from_secs(args.duration),
         latency_duration: Duration::from_secs(args.latency_duration),
         idle_connections: args.idle_connections,
+        only: args.only,
     })
 }
