@@ -176,6 +176,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn cpu_seconds(pids: &[u32]) -> anyhow::Result<f64> {
+    pids.iter().map(|p| proc::cpu_seconds(*p)).sum()
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -256,12 +260,29 @@ impl Bench {
             return Ok(());
         }
         for path in self.hbone.iter().chain(&self.passthrough) {
+            // Cross-node passthrough goes to a pod outside the mesh: only n1's ztunnel sees it.
+            let pids: Vec<u32> = match daemons {
+                None => vec![],
+                Some(z) if path.same_node || !path.name.contains("HBONE") => vec![z.n1.pid()],
+                Some(z) => vec![z.n1.pid(), z.n2.pid()],
+            };
             for streams in [1, 8] {
                 let addr = SocketAddr::new(path.addr.ip(), IPERF_PORT);
+                let before = cpu_seconds(&pids)?;
                 let gbps = iperf::client(&a, addr, streams, d)
                     .with_context(|| format!("{mode} throughput, {}", path.name))?;
+                let spent = cpu_seconds(&pids)? - before;
                 self.samples
                     .add(format!("throughput/{}/{streams}/{mode}", path.name), gbps);
+                if daemons.is_some() {
+                    // CPU per gigabyte is what an optimisation changes even on a busy machine,
+                    // where the throughput itself mostly shows the competition for cores.
+                    let gigabytes = gbps / 8.0 * d.as_secs_f64();
+                    self.samples.add(
+                        format!("cpu/{}/{streams}/s_per_gb", path.name),
+                        spent / gigabytes.max(1e-9),
+                    );
+                }
             }
         }
         Ok(())
@@ -352,6 +373,17 @@ impl Bench {
                     Some(format!("{key}/direct")),
                     format!("{key}/mesh"),
                     compare,
+                ));
+                rows.push(row(
+                    path.name.to_owned(),
+                    &format!(
+                        "ztunnel CPU per GB, {streams} stream{}",
+                        if streams == 1 { "" } else { "s" }
+                    ),
+                    "s/GB",
+                    None,
+                    format!("cpu/{}/{streams}/s_per_gb", path.name),
+                    Compare::None,
                 ));
             }
         }

@@ -15,7 +15,7 @@ use crate::identity::Identity;
 use crate::metrics::{ConnectionLabels, Reporter, ResponseFlags};
 use crate::pod::Pod;
 use crate::proxy::access::Entry;
-use crate::proxy::copy;
+use crate::proxy::{copy, splice};
 use crate::proxy::{Context, Error, Fault, Kind};
 use crate::socket;
 use route::Route;
@@ -134,7 +134,7 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
     let guard = ctx.metrics.connection(labels);
     let (outcome, moved) = match &mut upstream {
         Upstream::Tunnel(s) => copy::bidirectional(&mut downstream, s, &pod.cancel).await,
-        Upstream::Tcp(s) => copy::bidirectional(&mut downstream, s, &pod.cancel).await,
+        Upstream::Tcp(s) => splice::bidirectional(&mut downstream, s, &pod.cancel).await,
     };
     entry.finished(guard, outcome, moved);
 }

@@ -6,6 +6,7 @@ pub mod connect;
 pub mod context;
 pub mod copy;
 pub mod error;
+pub mod splice;
 
 pub use context::Context;
 pub use error::{Error, Fault, Kind};

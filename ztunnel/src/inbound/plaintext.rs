@@ -12,7 +12,7 @@ use super::deliver;
 use crate::metrics::{ConnectionLabels, RejectReason, Reporter};
 use crate::pod::Pod;
 use crate::proxy::access::Entry;
-use crate::proxy::copy;
+use crate::proxy::splice;
 use crate::proxy::{Context, Error, Fault, Kind};
 use crate::socket;
 use crate::state::{peer_authn, MtlsMode};
@@ -101,7 +101,7 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
         ctx.tracker
             .register(pod.uid.clone(), None, peer, orig.port(), cancel.clone());
     let guard = ctx.metrics.connection(labels);
-    let (outcome, moved) = copy::bidirectional(&mut downstream, &mut upstream, &cancel).await;
+    let (outcome, moved) = splice::bidirectional(&mut downstream, &mut upstream, &cancel).await;
     summary.finished(guard, outcome, moved);
 }
 

@@ -1,0 +1,89 @@
+use super::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Two connected loopback pairs: (client, proxy's downstream), (proxy's upstream, server).
+async fn pairs() -> ((TcpStream, TcpStream), (TcpStream, TcpStream)) {
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (c, s)
+    }
+    (pair().await, pair().await)
+}
+
+#[tokio::test]
+async fn small_exchange_keeps_half_close_and_counts() {
+    let ((mut client, mut down), (mut up, mut server)) = pairs().await;
+    let cancel = CancellationToken::new();
+    let proxy = tokio::spawn(async move { bidirectional(&mut down, &mut up, &cancel).await });
+    client.write_all(b"hello").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    server.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"hello");
+    // The other direction still works after the first one closed.
+    server.write_all(b"world!").await.unwrap();
+    server.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    client.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"world!");
+    let (outcome, t) = proxy.await.unwrap();
+    assert!(matches!(outcome, Outcome::Done), "{outcome:?}");
+    assert_eq!(
+        t,
+        Transferred {
+            received: 5,
+            sent: 6
+        }
+    );
+}
+
+#[tokio::test]
+async fn bulk_switches_to_splice_and_keeps_every_byte() {
+    let ((client, mut down), (mut up, mut server)) = pairs().await;
+    let data: Vec<u8> = (0..8 * 1024 * 1024 + 13).map(|i| (i % 251) as u8).collect();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        let mut client = client;
+        client.write_all(&sent).await.unwrap();
+        client.shutdown().await.unwrap();
+        client
+    });
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        server.shutdown().await.unwrap();
+        got
+    });
+    let mut dir = Direction::new();
+    let mut spliced = false;
+    std::future::poll_fn(|cx| {
+        let r = dir.poll(cx, &mut down, &mut up);
+        spliced |= matches!(dir.mode, Mode::Splice { .. });
+        r
+    })
+    .await
+    .unwrap();
+    assert!(spliced, "a bulk direction must switch to splice");
+    assert_eq!(dir.moved, data.len() as u64);
+    assert_eq!(reader.await.unwrap(), data);
+    drop(writer.await.unwrap());
+}
+
+#[tokio::test]
+async fn cancel_stops_a_spliced_copy_with_its_counts() {
+    let ((mut client, mut down), (mut up, mut server)) = pairs().await;
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    let proxy = tokio::spawn(async move { bidirectional(&mut down, &mut up, &c2).await });
+    let chunk = vec![7u8; SPLICE_AFTER as usize * 2];
+    client.write_all(&chunk).await.unwrap();
+    let mut buf = vec![0u8; chunk.len()];
+    server.read_exact(&mut buf).await.unwrap();
+    cancel.cancel();
+    let (outcome, t) = proxy.await.unwrap();
+    assert!(matches!(outcome, Outcome::Cancelled), "{outcome:?}");
+    assert_eq!(t.received, chunk.len() as u64);
+}
