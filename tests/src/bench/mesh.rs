@@ -39,7 +39,13 @@ impl Mesh {
         let dir = tempfile::tempdir().context("temp dir for configs")?;
         let config = render(&topo, dir.path());
         for node in [1u8, 2] {
-            std::fs::write(config_path(dir.path(), node), &config)
+            // Pinned capture state is found by path: another bench or test run on this machine
+            // must not adopt (or remove) ours.
+            let pins = format!(
+                "bpfPinDir: /run/ztunnel/bpf/{}-n{node}\n",
+                topo.prefix()
+            );
+            std::fs::write(config_path(dir.path(), node), pins + &config)
                 .context("writing the ztunnel config")?;
         }
         Ok(Mesh { topo, dir })
