@@ -11,9 +11,11 @@ use rustls::RootCertStore;
 
 use crate::identity::{Identity, WorkloadCert};
 
+mod read_ahead;
 mod resolve;
 mod verify;
 
+pub use read_ahead::ReadAhead;
 pub use verify::{check_peer_trust_domain, Rejected};
 
 /// The only application protocol spoken inside HBONE tunnels.

@@ -41,10 +41,7 @@ impl Mesh {
         for node in [1u8, 2] {
             // Pinned capture state is found by path: another bench or test run on this machine
             // must not adopt (or remove) ours.
-            let pins = format!(
-                "bpfPinDir: /run/ztunnel/bpf/{}-n{node}\n",
-                topo.prefix()
-            );
+            let pins = format!("bpfPinDir: {}\n", pin_dir(&topo, node).display());
             std::fs::write(config_path(dir.path(), node), pins + &config)
                 .context("writing the ztunnel config")?;
         }
@@ -87,6 +84,21 @@ impl Daemons {
             );
         }
         Ok(())
+    }
+}
+
+fn pin_dir(topo: &Topology, node: u8) -> PathBuf {
+    Path::new("/run/ztunnel/bpf").join(format!("{}-n{node}", topo.prefix()))
+}
+
+/// Unpinning detaches the programs the stopped ztunnels left attached (fail-closed keeps them
+/// across restarts, which the runs rely on); otherwise every later connect on the machine
+/// would still run them.
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for node in [1u8, 2] {
+            let _ = std::fs::remove_dir_all(pin_dir(&self.topo, node));
+        }
     }
 }
 

@@ -45,7 +45,7 @@ async fn handle(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
 ) {
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tls::ReadAhead::new(tcp))).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             ctx.metrics.inc_inbound_rejected(RejectReason::Tls);

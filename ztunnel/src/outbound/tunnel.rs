@@ -72,7 +72,7 @@ async fn connect_tls(
     pod: &Pod,
     peer: SocketAddr,
     dst_id: crate::identity::Identity,
-) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, hbone::Error> {
+) -> Result<tokio_rustls::client::TlsStream<tls::ReadAhead<tokio::net::TcpStream>>, hbone::Error> {
     let io_err = |e: std::io::Error| hbone::Error::Io(e);
     let sock = pod
         .netns
@@ -93,7 +93,7 @@ async fn connect_tls(
         .map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
     let connector = tokio_rustls::TlsConnector::from(config);
     connector
-        .connect(ServerName::IpAddress(peer.ip().into()), tcp)
+        .connect(ServerName::IpAddress(peer.ip().into()), tls::ReadAhead::new(tcp))
         .await
         .map_err(io_err)
 }
