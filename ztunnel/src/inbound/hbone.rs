@@ -45,19 +45,22 @@ async fn handle(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
 ) {
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tls::ReadAhead::new(tcp))).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            ctx.metrics.inc_inbound_rejected(RejectReason::Tls);
-            tracing::info!(pod = %pod.uid, %peer, error = %e, "inbound TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            ctx.metrics.inc_inbound_rejected(RejectReason::Tls);
-            tracing::info!(pod = %pod.uid, %peer, "inbound TLS handshake timed out");
-            return;
-        }
-    };
+    let stream =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tls::ReadAhead::new(tcp)))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                ctx.metrics.inc_inbound_rejected(RejectReason::Tls);
+                tracing::info!(pod = %pod.uid, %peer, error = %e, "inbound TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                ctx.metrics.inc_inbound_rejected(RejectReason::Tls);
+                tracing::info!(pod = %pod.uid, %peer, "inbound TLS handshake timed out");
+                return;
+            }
+        };
     let peer_id = match tls::peer_identity(stream.get_ref().1) {
         Ok(id) => Arc::new(id),
         Err(e) => {

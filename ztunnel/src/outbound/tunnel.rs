@@ -93,7 +93,10 @@ async fn connect_tls(
         .map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
     let connector = tokio_rustls::TlsConnector::from(config);
     connector
-        .connect(ServerName::IpAddress(peer.ip().into()), tls::ReadAhead::new(tcp))
+        .connect(
+            ServerName::IpAddress(peer.ip().into()),
+            tls::ReadAhead::new(tcp),
+        )
         .await
         .map_err(io_err)
 }
