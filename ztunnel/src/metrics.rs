@@ -7,7 +7,8 @@ pub mod labels;
 pub use connection::ConnectionGuard;
 pub use labels::{ConnectionLabels, Reporter, ResponseFlags, SecurityPolicy};
 
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -222,6 +223,9 @@ pub struct Metrics {
     failed: Family<ConnectionLabels, Counter>,
     sent_bytes: Family<ConnectionLabels, Counter>,
     received_bytes: Family<ConnectionLabels, Counter>,
+    /// The counters of the four families above by label set, so opening a connection hashes
+    /// its labels once; entries live as long as the families' own (which never drop any).
+    connections: RwLock<HashMap<ConnectionLabels, connection::Counters>>,
     certificates: Gauge,
     certificate_expiry: Family<IdentityLabels, Gauge>,
     certificate_renewals: Counter,
@@ -325,6 +329,7 @@ impl Metrics {
             failed,
             sent_bytes,
             received_bytes,
+            connections: RwLock::default(),
             certificates,
             certificate_expiry,
             certificate_renewals,
@@ -343,11 +348,32 @@ impl Metrics {
 
     /// Counts a connection as opened; the guard counts its bytes and its close.
     pub fn connection(&self, labels: ConnectionLabels) -> ConnectionGuard {
-        self.opened.get_or_create(&labels).inc();
+        let known = self
+            .connections
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&labels)
+            .cloned();
+        let counters = match known {
+            Some(c) => c,
+            None => self
+                .connections
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(labels)
+                .or_insert_with_key(|labels| connection::Counters {
+                    opened: self.opened.get_or_create_owned(labels),
+                    sent: self.sent_bytes.get_or_create_owned(labels),
+                    received: self.received_bytes.get_or_create_owned(labels),
+                    closed: self.closed.get_or_create_owned(labels),
+                })
+                .clone(),
+        };
+        counters.opened.inc();
         ConnectionGuard {
-            sent: self.sent_bytes.get_or_create_owned(&labels),
-            received: self.received_bytes.get_or_create_owned(&labels),
-            closed: self.closed.get_or_create_owned(&labels),
+            sent: counters.sent,
+            received: counters.received,
+            closed: counters.closed,
         }
     }
 

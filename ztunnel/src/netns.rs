@@ -19,6 +19,10 @@ use std::sync::Arc;
 use nix::sched::CloneFlags;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use spare::Stock;
+
+mod spare;
+
 /// Listen backlog: Rust's default of 128 drops SYNs when many pod connections arrive at once.
 const BACKLOG: i32 = 4096;
 
@@ -37,6 +41,9 @@ pub struct Netns {
     path: PathBuf,
     inode: Inode,
     jobs: mpsc::Sender<Job>,
+    /// Sockets made ahead on the namespace thread, per family (see [`spare`]).
+    spare_v4: Arc<Stock>,
+    spare_v6: Arc<Stock>,
 }
 
 impl Netns {
@@ -77,6 +84,8 @@ impl Netns {
             path: path.to_owned(),
             inode,
             jobs,
+            spare_v4: Arc::new(Stock::new(Domain::IPV4)),
+            spare_v6: Arc::new(Stock::new(Domain::IPV6)),
         }))
     }
 
@@ -122,7 +131,7 @@ impl Netns {
     }
 
     /// A listener bound inside the namespace. Binding `[::]` also accepts IPv4 (as v4-mapped
-    /// addresses), so one listener serves both families.
+    /// addresses), so one listener serves both families. Accepted sockets have TCP_NODELAY.
     pub async fn listen(
         &self,
         addr: SocketAddr,
@@ -139,6 +148,9 @@ impl Netns {
                 if let Some(mark) = mark {
                     socket.set_mark(mark)?;
                 }
+                // Linux copies TCP_NODELAY to every accepted socket: the proxies forward what
+                // they read at once, and need no setsockopt per connection for it.
+                socket.set_tcp_nodelay(true)?;
                 socket.bind(&SockAddr::from(addr))?;
                 socket.listen(BACKLOG)?;
                 socket.set_nonblocking(true)?;
@@ -151,7 +163,8 @@ impl Netns {
 
     /// An unconnected TCP socket of `domain_of`'s family, created inside the namespace with
     /// `SO_MARK`. With `transparent_source` the socket is bound to that (possibly foreign)
-    /// address, so the peer sees the original client rather than ztunnel.
+    /// address, so the peer sees the original client rather than ztunnel. Usually one the
+    /// namespace thread made ahead (see [`spare`]), so the caller does not wait for that thread.
     pub async fn socket(
         &self,
         domain_of: SocketAddr,
@@ -166,26 +179,35 @@ impl Netns {
                 ));
             }
         }
-        let std_stream = self
-            .run(move || -> io::Result<std::net::TcpStream> {
-                let socket = Socket::new(
-                    Domain::for_address(domain_of),
-                    Type::STREAM,
-                    Some(Protocol::TCP),
-                )?;
-                socket.set_mark(mark)?;
-                if let Some(source) = transparent_source {
-                    match source {
-                        IpAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
-                        IpAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
-                    }
-                    socket.bind(&SockAddr::from(SocketAddr::new(source, 0)))?;
-                }
-                socket.set_nonblocking(true)?;
-                Ok(socket.into())
-            })
-            .await??;
-        Ok(tokio::net::TcpSocket::from_std_stream(std_stream))
+        let stock = match domain_of {
+            SocketAddr::V4(_) => &self.spare_v4,
+            SocketAddr::V6(_) => &self.spare_v6,
+        };
+        let (spare, wants_refill) = stock.take();
+        if wants_refill {
+            let refill = stock.clone();
+            if self.submit(Box::new(move || refill.refill())).is_err() {
+                stock.refill_abandoned();
+            }
+        }
+        let socket = match spare {
+            Some(socket) => socket,
+            None => {
+                let stock = stock.clone();
+                self.run(move || stock.create()).await??
+            }
+        };
+        // The socket already belongs to the pod's namespace: options and bind act there
+        // whichever thread sets them.
+        socket.set_mark(mark)?;
+        if let Some(source) = transparent_source {
+            match source {
+                IpAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
+                IpAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
+            }
+            socket.bind(&SockAddr::from(SocketAddr::new(source, 0)))?;
+        }
+        Ok(tokio::net::TcpSocket::from_std_stream(socket.into()))
     }
 }
 

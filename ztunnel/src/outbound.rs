@@ -42,7 +42,8 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
     let start = Instant::now();
     let snap = ctx.store.load();
     let src = snap.workload_by_uid(&pod.uid).cloned();
-    let orig = match socket::original_dst(&downstream) {
+    // `peer` is already normalized: IPv4 exactly when the connection is.
+    let orig = match socket::original_dst_of_family(&downstream, peer.is_ipv4()) {
         Ok(a) => a,
         Err(e) => {
             let err = Error::new(Kind::OriginalDst, Fault::Internal, e);

@@ -52,7 +52,8 @@ pub async fn accept_loop<F, Fut>(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
+                // No TCP_NODELAY here: accepted sockets inherit it from the listener
+                // (`Netns::listen`), one syscall less per connection.
                 ctx.tasks
                     .spawn(handle(ctx.clone(), pod.clone(), stream, normalize(peer)));
             }

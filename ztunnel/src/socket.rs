@@ -23,8 +23,18 @@ pub fn set_nodelay(socket: &impl AsFd) -> io::Result<()> {
 /// dual-stack `[::]` listener has an IPv4 conntrack entry, so it is asked for with `SOL_IP`.
 pub fn original_dst(stream: &tokio::net::TcpStream) -> io::Result<SocketAddr> {
     let local = canonical(stream.local_addr()?);
+    original_dst_of_family(stream, local.is_ipv4())
+}
+
+/// [`original_dst`] for a caller that already knows the connection's family (from the peer
+/// address `accept` returned: IPv4 clients show up as v4-mapped on a dual-stack listener), which
+/// spares a `getsockname` per connection.
+pub fn original_dst_of_family(
+    stream: &tokio::net::TcpStream,
+    ipv4: bool,
+) -> io::Result<SocketAddr> {
     let socket = SockRef::from(stream);
-    let raw = if local.is_ipv4() {
+    let raw = if ipv4 {
         socket.original_dst_v4()?
     } else {
         socket.original_dst_v6()?

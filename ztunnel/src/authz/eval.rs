@@ -122,11 +122,8 @@ impl Source {
     /// positive principal/namespace lists never match it and negative ones never exclude it.
     pub fn matches(&self, conn: &Connection) -> bool {
         let id = conn.src_identity;
-        // Formatting the principal allocates, so only do it for sources that look at it.
-        let principal = (!self.principals.is_empty() || !self.not_principals.is_empty())
-            .then(|| id.map(principal_of))
-            .flatten();
-        let principal = principal.as_deref();
+        let principal = id.map(Principal::of);
+        let principal = principal.as_ref();
         let namespace = id.map(|i| i.namespace.as_str());
 
         (self.principals.is_empty()
@@ -148,19 +145,70 @@ impl Operation {
     }
 }
 
-/// Istio writes principals without the scheme (`cluster.local/ns/default/sa/sleep`).
-fn principal_of(id: &Identity) -> String {
-    format!(
-        "{}/ns/{}/sa/{}",
-        id.trust_domain, id.namespace, id.service_account
-    )
+/// Istio writes principals without the scheme (`cluster.local/ns/default/sa/sleep`). Matched
+/// piecewise, so evaluating a policy never formats (allocates) the principal.
+struct Principal<'a>([&'a str; 5]);
+
+impl<'a> Principal<'a> {
+    fn of(id: &'a Identity) -> Self {
+        Principal([
+            &id.trust_domain,
+            "/ns/",
+            &id.namespace,
+            "/sa/",
+            &id.service_account,
+        ])
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|p| p.len()).sum()
+    }
+
+    fn starts_with(&self, mut prefix: &str) -> bool {
+        for part in self.0 {
+            if prefix.len() <= part.len() {
+                return part.as_bytes().starts_with(prefix.as_bytes());
+            }
+            match prefix.strip_prefix(part) {
+                Some(rest) => prefix = rest,
+                None => return false,
+            }
+        }
+        prefix.is_empty()
+    }
+
+    fn ends_with(&self, mut suffix: &str) -> bool {
+        for part in self.0.iter().rev() {
+            if suffix.len() <= part.len() {
+                return part.as_bytes().ends_with(suffix.as_bytes());
+            }
+            match suffix.strip_suffix(part) {
+                Some(rest) => suffix = rest,
+                None => return false,
+            }
+        }
+        suffix.is_empty()
+    }
+
+    /// [`pattern_matches`] against the principal's text.
+    fn matches(&self, pattern: &str) -> bool {
+        if pattern == "*" {
+            self.len() > 0
+        } else if let Some(suffix) = pattern.strip_prefix('*') {
+            self.ends_with(suffix)
+        } else if let Some(prefix) = pattern.strip_suffix('*') {
+            self.starts_with(prefix)
+        } else {
+            self.len() == pattern.len() && self.starts_with(pattern)
+        }
+    }
 }
 
-fn any_principal(patterns: &[String], principal: &str) -> bool {
+fn any_principal(patterns: &[String], principal: &Principal) -> bool {
     patterns.iter().any(|p| {
         // Accept the full SPIFFE form too, since users copy identities from certificates.
         let p = p.strip_prefix("spiffe://").unwrap_or(p);
-        pattern_matches(p, principal)
+        principal.matches(p)
     })
 }
 

@@ -167,7 +167,7 @@ async fn tunnel(
     let cancel = pod.cancel.child_token();
     let _registration = ctx.tracker.register(
         pod.uid.clone(),
-        Some((*peer_id).clone()),
+        Some(peer_id.clone()),
         peer,
         target.port(),
         cancel.clone(),

@@ -12,7 +12,8 @@ use crate::state::{peer_authn, MtlsMode, Snapshot, WorkloadUid};
 
 struct Entry {
     workload: WorkloadUid,
-    src_identity: Option<Identity>,
+    /// Shared with the HBONE connection the stream came on: registering copies no strings.
+    src_identity: Option<Arc<Identity>>,
     src: SocketAddr,
     dst_port: u16,
     cancel: CancellationToken,
@@ -47,7 +48,7 @@ impl Tracker {
     pub fn register(
         &self,
         workload: WorkloadUid,
-        src_identity: Option<Identity>,
+        src_identity: Option<Arc<Identity>>,
         src: SocketAddr,
         dst_port: u16,
         cancel: CancellationToken,
@@ -95,7 +96,7 @@ impl Tracker {
                 && peer_authn::mode_for(&snap.peer_authentications, w, root_namespace)
                     == MtlsMode::Strict;
             let denied = strict_violation
-                || super::authorize(snap, w, e.src_identity.as_ref(), e.src, e.dst_port).is_err();
+                || super::authorize(snap, w, e.src_identity.as_deref(), e.src, e.dst_port).is_err();
             if denied {
                 tracing::info!(workload = %e.workload, src = %e.src, port = e.dst_port, "closing connection no longer allowed by policy");
                 e.cancel.cancel();

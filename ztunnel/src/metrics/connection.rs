@@ -2,6 +2,16 @@
 
 use prometheus_client::metrics::counter::Counter;
 
+/// The four counters of one label set, looked up together: one hash of the labels per
+/// connection instead of one per family.
+#[derive(Clone, Debug)]
+pub(super) struct Counters {
+    pub(super) opened: Counter,
+    pub(super) sent: Counter,
+    pub(super) received: Counter,
+    pub(super) closed: Counter,
+}
+
 /// Counts one open connection: created by [`crate::metrics::Metrics::connection`] (which counts
 /// it as opened), counts it as closed when dropped.
 ///

@@ -68,7 +68,7 @@ impl EncodeLabelValue for SecurityPolicy {
 }
 
 /// Labels of the `istio_tcp_*` families; absent values are `"unknown"` as in Istio.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
     pub reporter: Reporter,
 
@@ -97,6 +97,25 @@ pub struct ConnectionLabels {
     pub request_protocol: String,
     pub response_flags: ResponseFlags,
     pub connection_security_policy: SecurityPolicy,
+}
+
+/// Hashes only the fields that tell connections apart in practice (workloads, identities,
+/// service, outcome); the rest follow from the workloads. Label sets are hashed on every
+/// connection, and SipHash over all 22 strings was most of that cost. Equal label sets still
+/// hash equally, and `Eq` compares every field, so lookups stay exact.
+impl std::hash::Hash for ConnectionLabels {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.reporter.hash(state);
+        self.source_workload.hash(state);
+        self.source_workload_namespace.hash(state);
+        self.source_principal.hash(state);
+        self.destination_service.hash(state);
+        self.destination_workload.hash(state);
+        self.destination_workload_namespace.hash(state);
+        self.destination_principal.hash(state);
+        self.response_flags.hash(state);
+        self.connection_security_policy.hash(state);
+    }
 }
 
 /// The workload-derived half of the labels, shared by source and destination.

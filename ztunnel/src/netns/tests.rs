@@ -74,6 +74,10 @@ async fn listener_and_socket_live_in_the_namespace() {
     let mut client = socket.connect(target).await.expect("connect across veth");
     let (mut server, from) = listener.accept().await.expect("accept");
     assert_eq!(crate::socket::canonical(from).ip(), POD_V4);
+    assert!(
+        server.nodelay().expect("nodelay"),
+        "inherited from the listener"
+    );
     client.write_all(b"ping").await.expect("write");
     let mut buf = [0u8; 4];
     server.read_exact(&mut buf).await.expect("read");
@@ -118,4 +122,31 @@ async fn dropping_the_netns_ends_its_thread() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test]
+async fn spare_sockets_belong_to_the_namespace_and_refill() {
+    super::testing::require_root_and_tools();
+    let ns = Namespace::new("spare");
+    // An address that exists only inside the namespace: binding to it proves where a socket
+    // was created.
+    ns.ip(&["addr", "add", "10.250.9.9/32", "dev", "lo"]);
+    let netns = ns.open();
+    let local: SocketAddr = "10.250.9.9:0".parse().expect("literal");
+    for i in 0..3 * spare::BATCH {
+        let socket = netns
+            .socket("10.250.9.1:80".parse().expect("literal"), 0x539, None)
+            .await
+            .expect("socket");
+        socket
+            .bind(local)
+            .unwrap_or_else(|e| panic!("socket {i} is not in the namespace: {e}"));
+        assert_eq!(socket2::SockRef::from(&socket).mark().expect("mark"), 0x539);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while netns.spare_v4.len() < spare::BATCH / 2 {
+        assert!(std::time::Instant::now() < deadline, "stock not refilled");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(netns.spare_v6.len(), 0, "an unused family holds no sockets");
 }

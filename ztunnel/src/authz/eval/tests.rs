@@ -468,3 +468,33 @@ fn pattern_forms() {
     assert!(pattern_matches("abc", "abc"));
     assert!(!pattern_matches("abc", "abcd"));
 }
+
+#[test]
+fn piecewise_principal_matches_like_its_text() {
+    let id = Identity::new("cluster.local", "default", "sleep");
+    let text = "cluster.local/ns/default/sa/sleep";
+    let principal = Principal::of(&id);
+    assert_eq!(principal.len(), text.len());
+    let mut patterns = vec![
+        "*".to_string(),
+        text.to_string(),
+        format!("{text}x"),
+        "cluster.local/ns/default/sa/slee".to_string(),
+        "other/ns/default/sa/sleep".to_string(),
+        "**".to_string(),
+        String::new(),
+    ];
+    for i in 0..=text.len() {
+        patterns.push(format!("{}*", &text[..i]));
+        patterns.push(format!("*{}", &text[i..]));
+        patterns.push(format!("x{}*", &text[..i]));
+        patterns.push(format!("*{}x", &text[i..]));
+    }
+    for p in &patterns {
+        assert_eq!(
+            principal.matches(p),
+            pattern_matches(p, text),
+            "pattern {p:?}"
+        );
+    }
+}
