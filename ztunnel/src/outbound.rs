@@ -77,6 +77,9 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
             return;
         }
     };
+    // Not held while connecting or copying: a long-lived connection must not pin an old
+    // snapshot.
+    drop(snap);
     let (dst_workload, service, target, mtls) = match &route {
         Route::Hbone {
             workload,
@@ -102,13 +105,22 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
         service.as_deref(),
         mtls,
     );
+    // Boxed: the connect futures (TLS handshake, pool) are large, and inline they would size
+    // this task's future, which every open connection keeps for its whole life.
     let connected = match &route {
-        Route::Hbone { workload, .. } => {
-            tunnel::open(&ctx, &pod, peer, src.as_deref(), workload, target)
-                .await
-                .map(Upstream::Tunnel)
-        }
-        Route::Passthrough { .. } => passthrough(&ctx, &pod, target).await.map(Upstream::Tcp),
+        Route::Hbone { workload, .. } => Box::pin(tunnel::open(
+            &ctx,
+            &pod,
+            peer,
+            src.as_deref(),
+            workload,
+            target,
+        ))
+        .await
+        .map(Upstream::Tunnel),
+        Route::Passthrough { .. } => Box::pin(passthrough(&ctx, &pod, target))
+            .await
+            .map(Upstream::Tcp),
     };
     let entry = Entry {
         direction: "outbound",

@@ -141,7 +141,9 @@ async fn tunnel(
         return;
     }
     drop(snap);
-    let mut upstream = match deliver::connect(&ctx, &pod, target, peer.ip()).await {
+    // Boxed so the connect future does not size this task's future, kept for the whole
+    // life of the connection.
+    let mut upstream = match Box::pin(deliver::connect(&ctx, &pod, target, peer.ip())).await {
         Ok(s) => s,
         Err(err) => {
             ctx.metrics

@@ -83,7 +83,9 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
         })
     };
     let connected = match checked {
-        Ok(()) => deliver::connect(&ctx, &pod, orig, peer.ip()).await,
+        // Boxed so the connect future does not size this task's future, kept for the whole
+        // life of the connection.
+        Ok(()) => Box::pin(deliver::connect(&ctx, &pod, orig, peer.ip())).await,
         Err(e) => Err(e),
     };
     let mut upstream = match connected {
