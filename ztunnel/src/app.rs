@@ -109,6 +109,7 @@ pub async fn run(config_path: &Path, node: &str) -> anyhow::Result<()> {
         ctx.stopped.clone(),
     ));
     tokio::spawn(react(ctx.clone(), registry.clone(), admin.clone()));
+    tokio::spawn(crate::memory::trim_after_closes(endpoints_stop.clone()));
 
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;

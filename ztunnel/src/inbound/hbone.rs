@@ -165,8 +165,8 @@ async fn tunnel(
     };
     let cancel = pod.cancel.child_token();
     let _registration = ctx.tracker.register(
-        pod.uid.clone(),
-        Some((*peer_id).clone()),
+        pod.clone(),
+        Some(peer_id.clone()),
         peer,
         target.port(),
         cancel.clone(),

@@ -99,9 +99,9 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
     };
     drop(snap);
     let cancel = pod.cancel.child_token();
-    let _registration =
-        ctx.tracker
-            .register(pod.uid.clone(), None, peer, orig.port(), cancel.clone());
+    let _registration = ctx
+        .tracker
+        .register(pod.clone(), None, peer, orig.port(), cancel.clone());
     let guard = ctx.metrics.connection(labels);
     let (outcome, moved) = copy::bidirectional(&mut downstream, &mut upstream, &cancel).await;
     summary.finished(guard, outcome, moved);

@@ -8,15 +8,20 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
-use crate::state::{peer_authn, MtlsMode, Snapshot, WorkloadUid};
+use crate::pod::Pod;
+use crate::state::{peer_authn, MtlsMode, Snapshot};
 
+/// Shared handles only: one entry per open inbound connection, so it stays small.
 struct Entry {
-    workload: WorkloadUid,
-    src_identity: Option<Identity>,
+    pod: Arc<Pod>,
+    src_identity: Option<Arc<Identity>>,
     src: SocketAddr,
     dst_port: u16,
     cancel: CancellationToken,
 }
+
+/// Below this many slots the table is not worth shrinking.
+const MIN_CAPACITY: usize = 64;
 
 #[derive(Clone, Default)]
 pub struct Tracker {
@@ -39,6 +44,12 @@ impl Drop for Registration {
     fn drop(&mut self) {
         if let Ok(mut live) = self.inner.live.lock() {
             live.remove(&self.id);
+            // A map never shrinks by itself: after a burst of connections it would keep the
+            // burst's table for good.
+            let len = live.len();
+            if live.capacity() > MIN_CAPACITY && len * 4 < live.capacity() {
+                live.shrink_to(len * 2);
+            }
         }
     }
 }
@@ -46,15 +57,15 @@ impl Drop for Registration {
 impl Tracker {
     pub fn register(
         &self,
-        workload: WorkloadUid,
-        src_identity: Option<Identity>,
+        pod: Arc<Pod>,
+        src_identity: Option<Arc<Identity>>,
         src: SocketAddr,
         dst_port: u16,
         cancel: CancellationToken,
     ) -> Registration {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let entry = Entry {
-            workload,
+            pod,
             src_identity,
             src,
             dst_port,
@@ -88,16 +99,16 @@ impl Tracker {
                 continue;
             }
             // A removed workload's connections are closed by its pod being stopped.
-            let Some(w) = snap.workload_by_uid(&e.workload) else {
+            let Some(w) = snap.workload_by_uid(&e.pod.uid) else {
                 continue;
             };
             let strict_violation = e.src_identity.is_none()
                 && peer_authn::mode_for(&snap.peer_authentications, w, root_namespace)
                     == MtlsMode::Strict;
             let denied = strict_violation
-                || super::authorize(snap, w, e.src_identity.as_ref(), e.src, e.dst_port).is_err();
+                || super::authorize(snap, w, e.src_identity.as_deref(), e.src, e.dst_port).is_err();
             if denied {
-                tracing::info!(workload = %e.workload, src = %e.src, port = e.dst_port, "closing connection no longer allowed by policy");
+                tracing::info!(workload = %e.pod.uid, src = %e.src, port = e.dst_port, "closing connection no longer allowed by policy");
                 e.cancel.cancel();
                 closed += 1;
             }

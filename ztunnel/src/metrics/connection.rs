@@ -34,5 +34,6 @@ impl ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.closed.inc();
+        crate::memory::connection_closed();
     }
 }
