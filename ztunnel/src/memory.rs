@@ -22,18 +22,33 @@ pub fn connection_closed() {
     CLOSED.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Notes that a pooled HBONE connection (either end) ended. Its TLS buffers and HTTP/2 codec
+/// and stream tables are worth about as much as a trim's worth of proxied connections, so one
+/// such close is enough to trim: pooled connections closed by the idle sweep free most of what
+/// a burst of tunnels left behind.
+pub fn tunnel_connection_closed() {
+    CLOSED.fetch_add(MIN_CLOSES, Ordering::Relaxed);
+}
+
 /// Trims once a second while connections keep closing, until `stop` fires.
 pub async fn trim_after_closes(stop: CancellationToken) {
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut trimmed_at = CLOSED.load(Ordering::Relaxed);
+    // Set by a trim during a burst: memory freed just after it (the burst's last closes, the
+    // sockets tokio releases on its next turn, pooled connections going idle) gets one more.
+    let mut settle = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         let closed = CLOSED.load(Ordering::Relaxed);
-        if closed - trimmed_at < MIN_CLOSES {
+        if closed - trimmed_at >= MIN_CLOSES {
+            settle = true;
+        } else if std::mem::take(&mut settle) {
+            // The burst is over: the settling trim.
+        } else {
             continue;
         }
         trimmed_at = closed;

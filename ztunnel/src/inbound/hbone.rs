@@ -84,6 +84,7 @@ async fn handle(
     let result = server
         .serve(stream, ctx.draining.clone().cancelled_owned())
         .await;
+    crate::memory::tunnel_connection_closed();
     if let Err(e) = result {
         tracing::debug!(pod = %pod.uid, %peer, error = %e, "HBONE connection ended with an error");
     }
