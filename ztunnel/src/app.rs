@@ -102,6 +102,8 @@ pub async fn run(config_path: &Path, node: &str) -> anyhow::Result<()> {
         let pods = registry.running().await;
         tracing::info!(pods, "ready");
     }
+    // Start-up (config, certificates, capture set-up) leaves freed memory in the arenas.
+    crate::memory::trim();
     tokio::spawn(reload::watch(
         PathBuf::from(config_path),
         config.clone(),
