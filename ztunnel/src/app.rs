@@ -102,6 +102,8 @@ pub async fn run(config_path: &Path, node: &str) -> anyhow::Result<()> {
         let pods = registry.running().await;
         tracing::info!(pods, "ready");
     }
+    // Start-up (config, certificates, capture set-up) leaves freed memory in the arenas.
+    crate::memory::trim();
     tokio::spawn(reload::watch(
         PathBuf::from(config_path),
         config.clone(),
@@ -109,6 +111,7 @@ pub async fn run(config_path: &Path, node: &str) -> anyhow::Result<()> {
         ctx.stopped.clone(),
     ));
     tokio::spawn(react(ctx.clone(), registry.clone(), admin.clone()));
+    tokio::spawn(crate::memory::trim_after_closes(endpoints_stop.clone()));
 
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;

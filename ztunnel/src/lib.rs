@@ -16,6 +16,7 @@ pub mod dns;
 pub mod hbone;
 pub mod identity;
 pub mod inbound;
+pub mod memory;
 pub mod metrics;
 pub mod netns;
 pub mod outbound;

@@ -12,12 +12,13 @@ use std::time::Instant;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::identity::Identity;
-use crate::metrics::{ConnectionLabels, Reporter, ResponseFlags};
+use crate::metrics::{ConnectionGuard, ConnectionLabels, Reporter, ResponseFlags};
 use crate::pod::Pod;
 use crate::proxy::access::Entry;
 use crate::proxy::{copy, splice};
 use crate::proxy::{Context, Error, Fault, Kind};
 use crate::socket;
+use crate::state::{Service, Workload};
 use route::Route;
 
 /// Pooled HBONE connections are shared by connections with the same source and destination
@@ -38,7 +39,69 @@ pub async fn serve(ctx: Arc<Context>, pod: Arc<Pod>, listener: TcpListener) {
     crate::pod::accept_loop(&ctx, &pod, listener, "outbound", handle).await
 }
 
-async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, peer: SocketAddr) {
+async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, downstream: TcpStream, peer: SocketAddr) {
+    // Setting up needs far more state than copying (route, labels, the connect futures):
+    // boxed, it is freed once connected, and this task keeps only what the copy needs for the
+    // life of the connection.
+    let Some(conn) = Box::pin(establish(&ctx, &pod, downstream, peer)).await else {
+        return;
+    };
+    let Established {
+        mut downstream,
+        mut upstream,
+        guard,
+        summary,
+    } = conn;
+    let (outcome, moved) = match &mut upstream {
+        Upstream::Tunnel(s) => copy::bidirectional(&mut downstream, s, &pod.cancel).await,
+        Upstream::Tcp(s) => splice::bidirectional(&mut downstream, s, &pod.cancel).await,
+    };
+    summary.entry(&pod).finished(guard, outcome, moved);
+}
+
+/// A connection whose upstream is connected: what the copy needs and what its end reports.
+struct Established {
+    downstream: TcpStream,
+    upstream: Upstream,
+    guard: ConnectionGuard,
+    summary: Summary,
+}
+
+/// The access log fields of a connection, owned so they can outlive the set-up.
+struct Summary {
+    src: SocketAddr,
+    dst: SocketAddr,
+    dst_workload: Option<Arc<Workload>>,
+    service: Option<Arc<Service>>,
+    dst_identity: Option<Identity>,
+    mtls: bool,
+    start: Instant,
+}
+
+impl Summary {
+    fn entry<'a>(&'a self, pod: &'a Pod) -> Entry<'a> {
+        Entry {
+            direction: "outbound",
+            src: self.src,
+            src_workload: Some(&pod.uid.0),
+            src_identity: Some(&pod.identity),
+            dst: self.dst,
+            dst_workload: self.dst_workload.as_ref().map(|w| w.uid.0.as_str()),
+            dst_service: self.service.as_ref().map(|s| s.hostname.as_str()),
+            dst_identity: self.dst_identity.as_ref(),
+            mtls: self.mtls,
+            start: self.start,
+        }
+    }
+}
+
+/// Routes the connection and connects its upstream; `None` once a failure was reported.
+async fn establish(
+    ctx: &Arc<Context>,
+    pod: &Arc<Pod>,
+    downstream: TcpStream,
+    peer: SocketAddr,
+) -> Option<Established> {
     let start = Instant::now();
     let snap = ctx.store.load();
     let src = snap.workload_by_uid(&pod.uid).cloned();
@@ -48,7 +111,7 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
         Err(e) => {
             let err = Error::new(Kind::OriginalDst, Fault::Internal, e);
             tracing::warn!(pod = %pod.uid, %peer, error = %err, "outbound connection without original destination");
-            return;
+            return None;
         }
     };
     // eBPF capture redirects the app's connect to the loopback listener, so the client shows up
@@ -75,9 +138,12 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
             ctx.metrics
                 .connection_failed(labels, ResponseFlags::Connect);
             tracing::info!(target: "access", direction = "outbound", src.addr = %peer, src.workload = %pod.uid, dst.addr = %orig, error = %e, "connection failed");
-            return;
+            return None;
         }
     };
+    // Not held while connecting or copying: a long-lived connection must not pin an old
+    // snapshot.
+    drop(snap);
     let (dst_workload, service, target, mtls) = match &route {
         Route::Hbone {
             workload,
@@ -105,39 +171,37 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
     );
     let connected = match &route {
         Route::Hbone { workload, .. } => {
-            tunnel::open(&ctx, &pod, peer, src.as_deref(), workload, target)
+            tunnel::open(ctx, pod, peer, src.as_deref(), workload, target)
                 .await
                 .map(Upstream::Tunnel)
         }
-        Route::Passthrough { .. } => passthrough(&ctx, &pod, target).await.map(Upstream::Tcp),
+        Route::Passthrough { .. } => passthrough(ctx, pod, target).await.map(Upstream::Tcp),
     };
-    let entry = Entry {
-        direction: "outbound",
+    let summary = Summary {
         src: peer,
-        src_workload: Some(&pod.uid.0),
-        src_identity: Some(&pod.identity),
         dst: target,
-        dst_workload: dst_workload.as_ref().map(|w| w.uid.0.as_str()),
-        dst_service: service.as_ref().map(|s| s.hostname.as_str()),
-        dst_identity: dst_identity.as_ref(),
+        dst_workload,
+        service,
+        dst_identity,
         mtls,
         start,
     };
-    let mut upstream = match connected {
+    let upstream = match connected {
         Ok(u) => u,
         Err(err) => {
             ctx.metrics
                 .connection_failed(labels.clone(), err.response_flags());
-            entry.failed(&err);
-            return;
+            summary.entry(pod).failed(&err);
+            return None;
         }
     };
     let guard = ctx.metrics.connection(labels);
-    let (outcome, moved) = match &mut upstream {
-        Upstream::Tunnel(s) => copy::bidirectional(&mut downstream, s, &pod.cancel).await,
-        Upstream::Tcp(s) => splice::bidirectional(&mut downstream, s, &pod.cancel).await,
-    };
-    entry.finished(guard, outcome, moved);
+    Some(Established {
+        downstream,
+        upstream,
+        guard,
+        summary,
+    })
 }
 
 enum Upstream {

@@ -108,6 +108,8 @@ impl Client {
                 Err(e) => debug!(error = %e, "hbone client connection failed"),
             }
             // Dropping `conn` here closes the transport, failing any streams still open.
+            drop(conn);
+            crate::memory::tunnel_connection_closed();
         });
         Ok(Client {
             send,

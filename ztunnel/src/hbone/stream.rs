@@ -46,10 +46,30 @@ impl Stream {
         self.send.send_reset(h2::Reason::CANCEL);
     }
 
+    /// Ready when a read would not block (data, EOF or an error waits), without taking any
+    /// bytes: a received DATA frame stays here until read.
+    pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.pending.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        match ready!(self.recv.poll_data(cx)) {
+            Some(Ok(data)) => self.pending = data,
+            Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+            // END_STREAM: the next read returns EOF (h2 keeps answering None).
+            None => {}
+        }
+        Poll::Ready(Ok(()))
+    }
+
     fn copy_pending(&mut self, buf: &mut ReadBuf<'_>) -> io::Result<()> {
         let n = self.pending.len().min(buf.remaining());
         buf.put_slice(&self.pending[..n]);
         self.pending.advance(n);
+        if self.pending.is_empty() {
+            // An empty slice still pins the whole buffer h2 read the frame into, which other
+            // frames share: an idle stream must not keep it alive.
+            self.pending = Bytes::new();
+        }
         self.recv.flow_control().release_capacity(n).map_err(to_io)
     }
 }

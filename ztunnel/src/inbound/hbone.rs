@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use super::deliver;
+use super::tracker::Registration;
 use crate::hbone::{self, Incoming};
 use crate::identity::Identity;
-use crate::metrics::{ConnectionLabels, RejectReason, Reporter};
+use crate::metrics::{ConnectionGuard, ConnectionLabels, RejectReason, Reporter};
 use crate::pod::Pod;
 use crate::proxy::access::Entry;
 use crate::proxy::copy;
@@ -85,6 +87,7 @@ async fn handle(
     let result = server
         .serve(stream, ctx.draining.clone().cancelled_owned())
         .await;
+    crate::memory::tunnel_connection_closed();
     if let Err(e) = result {
         tracing::debug!(pod = %pod.uid, %peer, error = %e, "HBONE connection ended with an error");
     }
@@ -97,21 +100,68 @@ async fn tunnel(
     peer: SocketAddr,
     peer_id: Arc<Identity>,
 ) {
+    // Setting up needs far more state than copying (the request, labels, the connect future):
+    // boxed, it is freed once connected, and this task keeps only what the copy needs for the
+    // life of the connection.
     let start = Instant::now();
     let target = crate::pod::normalize(incoming.authority);
-    let snap = ctx.store.load();
-    let summary = Entry {
+    let Some(conn) = Box::pin(establish(&ctx, &pod, incoming, peer, &peer_id, start)).await else {
+        return;
+    };
+    let Established {
+        mut downstream,
+        mut upstream,
+        cancel,
+        _registration,
+        guard,
+    } = conn;
+    let (outcome, moved) = copy::bidirectional(&mut downstream, &mut upstream, &cancel).await;
+    entry(&pod, peer, &peer_id, target, start).finished(guard, outcome, moved);
+}
+
+/// A tunnel whose app connection is up: what the copy needs and what its end reports.
+struct Established {
+    downstream: hbone::Stream,
+    upstream: TcpStream,
+    cancel: CancellationToken,
+    _registration: Registration,
+    guard: ConnectionGuard,
+}
+
+/// The access log line of a tunnel.
+fn entry<'a>(
+    pod: &'a Pod,
+    peer: SocketAddr,
+    peer_id: &'a Identity,
+    target: SocketAddr,
+    start: Instant,
+) -> Entry<'a> {
+    Entry {
         direction: "inbound",
         src: peer,
         src_workload: None,
-        src_identity: Some(&peer_id),
+        src_identity: Some(peer_id),
         dst: target,
         dst_workload: Some(&pod.uid.0),
         dst_service: None,
         dst_identity: Some(&pod.identity),
         mtls: true,
         start,
-    };
+    }
+}
+
+/// Checks and accepts the tunnel and connects to the app; `None` once a failure was reported.
+async fn establish(
+    ctx: &Context,
+    pod: &Arc<Pod>,
+    incoming: Incoming,
+    peer: SocketAddr,
+    peer_id: &Arc<Identity>,
+    start: Instant,
+) -> Option<Established> {
+    let target = crate::pod::normalize(incoming.authority);
+    let snap = ctx.store.load();
+    let summary = entry(pod, peer, peer_id, target, start);
     if !pod.ips.contains(&target.ip()) {
         ctx.metrics.inc_inbound_rejected(RejectReason::Authority);
         summary.failed(&Error::new(
@@ -120,59 +170,64 @@ async fn tunnel(
             format!("CONNECT target {target} is not an address of this pod"),
         ));
         let _ = incoming.reject(400);
-        return;
+        return None;
     }
     let Some(workload) = snap.workload_by_uid(&pod.uid).cloned() else {
         let _ = incoming.reject(503);
-        return;
+        return None;
     };
     let labels = ConnectionLabels::new(
         Reporter::Destination,
         snap.workload_by_ip(peer.ip()).map(|w| w.as_ref()),
-        Some(&peer_id),
+        Some(peer_id),
         Some(&workload),
         Some(&pod.identity),
         None,
         true,
     );
-    if let Err(err) = super::authorize(&snap, &workload, Some(&peer_id), peer, target.port()) {
+    if let Err(err) = super::authorize(&snap, &workload, Some(peer_id), peer, target.port()) {
         ctx.metrics.inc_inbound_rejected(RejectReason::Policy);
         ctx.metrics
             .connection_failed(labels.clone(), err.response_flags());
         summary.failed(&err);
         let _ = incoming.reject(401);
-        return;
+        return None;
     }
     drop(snap);
-    let mut upstream = match deliver::connect(&ctx, &pod, target, peer.ip()).await {
+    let upstream = match deliver::connect(ctx, pod, target, peer.ip()).await {
         Ok(s) => s,
         Err(err) => {
             ctx.metrics
                 .connection_failed(labels.clone(), err.response_flags());
             summary.failed(&err);
             let _ = incoming.reject(503);
-            return;
+            return None;
         }
     };
-    let mut downstream = match incoming.accept() {
+    let downstream = match incoming.accept() {
         Ok(s) => s,
         Err(e) => {
             let err = Error::new(Kind::Hbone, Fault::Downstream, e);
             ctx.metrics
                 .connection_failed(labels.clone(), err.response_flags());
             summary.failed(&err);
-            return;
+            return None;
         }
     };
     let cancel = pod.cancel.child_token();
     let _registration = ctx.tracker.register(
-        pod.uid.clone(),
+        pod.clone(),
         Some(peer_id.clone()),
         peer,
         target.port(),
         cancel.clone(),
     );
     let guard = ctx.metrics.connection(labels);
-    let (outcome, moved) = copy::bidirectional(&mut downstream, &mut upstream, &cancel).await;
-    summary.finished(guard, outcome, moved);
+    Some(Established {
+        downstream,
+        upstream,
+        cancel,
+        _registration,
+        guard,
+    })
 }

@@ -83,7 +83,9 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
         })
     };
     let connected = match checked {
-        Ok(()) => deliver::connect(&ctx, &pod, orig, peer.ip()).await,
+        // Boxed so the connect future does not size this task's future, kept for the whole
+        // life of the connection.
+        Ok(()) => Box::pin(deliver::connect(&ctx, &pod, orig, peer.ip())).await,
         Err(e) => Err(e),
     };
     let mut upstream = match connected {
@@ -97,9 +99,9 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
     };
     drop(snap);
     let cancel = pod.cancel.child_token();
-    let _registration =
-        ctx.tracker
-            .register(pod.uid.clone(), None, peer, orig.port(), cancel.clone());
+    let _registration = ctx
+        .tracker
+        .register(pod.clone(), None, peer, orig.port(), cancel.clone());
     let guard = ctx.metrics.connection(labels);
     let (outcome, moved) = splice::bidirectional(&mut downstream, &mut upstream, &cancel).await;
     summary.finished(guard, outcome, moved);

@@ -8,16 +8,20 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
-use crate::state::{peer_authn, MtlsMode, Snapshot, WorkloadUid};
+use crate::pod::Pod;
+use crate::state::{peer_authn, MtlsMode, Snapshot};
 
+/// Shared handles only: one entry per open inbound connection, so it stays small.
 struct Entry {
-    workload: WorkloadUid,
-    /// Shared with the HBONE connection the stream came on: registering copies no strings.
+    pod: Arc<Pod>,
     src_identity: Option<Arc<Identity>>,
     src: SocketAddr,
     dst_port: u16,
     cancel: CancellationToken,
 }
+
+/// Below this many slots the table is not worth shrinking.
+const MIN_CAPACITY: usize = 64;
 
 #[derive(Clone, Default)]
 pub struct Tracker {
@@ -40,6 +44,12 @@ impl Drop for Registration {
     fn drop(&mut self) {
         if let Ok(mut live) = self.inner.live.lock() {
             live.remove(&self.id);
+            // A map never shrinks by itself: after a burst of connections it would keep the
+            // burst's table for good.
+            let len = live.len();
+            if live.capacity() > MIN_CAPACITY && len * 4 < live.capacity() {
+                live.shrink_to(len * 2);
+            }
         }
     }
 }
@@ -47,7 +57,7 @@ impl Drop for Registration {
 impl Tracker {
     pub fn register(
         &self,
-        workload: WorkloadUid,
+        pod: Arc<Pod>,
         src_identity: Option<Arc<Identity>>,
         src: SocketAddr,
         dst_port: u16,
@@ -55,7 +65,7 @@ impl Tracker {
     ) -> Registration {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let entry = Entry {
-            workload,
+            pod,
             src_identity,
             src,
             dst_port,
@@ -89,7 +99,7 @@ impl Tracker {
                 continue;
             }
             // A removed workload's connections are closed by its pod being stopped.
-            let Some(w) = snap.workload_by_uid(&e.workload) else {
+            let Some(w) = snap.workload_by_uid(&e.pod.uid) else {
                 continue;
             };
             let strict_violation = e.src_identity.is_none()
@@ -98,7 +108,7 @@ impl Tracker {
             let denied = strict_violation
                 || super::authorize(snap, w, e.src_identity.as_deref(), e.src, e.dst_port).is_err();
             if denied {
-                tracing::info!(workload = %e.workload, src = %e.src, port = e.dst_port, "closing connection no longer allowed by policy");
+                tracing::info!(workload = %e.pod.uid, src = %e.src, port = e.dst_port, "closing connection no longer allowed by policy");
                 e.cancel.cancel();
                 closed += 1;
             }

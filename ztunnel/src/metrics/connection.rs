@@ -44,5 +44,6 @@ impl ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.closed.inc();
+        crate::memory::connection_closed();
     }
 }

@@ -2,8 +2,12 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+
+use crate::hbone;
 
 /// Bytes moved by one proxied connection, named from the downstream (client) side as Istio's
 /// metrics are: `received` came from the client, `sent` went back to it.
@@ -23,13 +27,33 @@ pub enum Outcome {
     Cancelled,
 }
 
-/// First buffer of each direction: an idle connection holds only this (four of them for a
-/// connection whose both tunnel ends are in this process), instead of a bulk-sized buffer.
+/// Buffer of a direction's first read after it went idle...
 const INITIAL_BUF: usize = 1024;
-/// A direction whose reads keep filling its buffer grows it by this factor...
+/// ...grown by this factor while reads keep filling it...
 const GROWTH: usize = 4;
 /// ...up to this, large enough that a multi-gigabit stream needs few syscalls.
 const MAX_BUF: usize = 64 * 1024;
+
+/// A reader that can wait for data without being handed a buffer, so that a direction with
+/// nothing to read holds no memory (an idle connection costs no copy buffers).
+pub trait ReadReady: AsyncRead {
+    /// Ready when a read would not block: data, EOF or an error is waiting. Spurious wake-ups
+    /// are allowed (the read then returns `Pending`); no data may be lost.
+    fn poll_read_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for TcpStream {
+    fn poll_read_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Readiness tokio already tracks from epoll: no syscall.
+        TcpStream::poll_read_ready(&self, cx)
+    }
+}
+
+impl ReadReady for hbone::Stream {
+    fn poll_read_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_read_ready(cx)
+    }
+}
 
 /// Copies both ways until both sides are done (half-close preserved) or `cancel` fires. The
 /// byte counts are exact in every outcome, so metrics of failed connections are right too.
@@ -39,8 +63,8 @@ pub async fn bidirectional<D, U>(
     cancel: &CancellationToken,
 ) -> (Outcome, Transferred)
 where
-    D: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    D: ReadReady + AsyncWrite + Unpin + ?Sized,
+    U: ReadReady + AsyncWrite + Unpin + ?Sized,
 {
     let mut counted = Counted {
         inner: downstream,
@@ -65,8 +89,8 @@ where
 
 async fn copy_both<A, B>(a: &mut A, b: &mut B) -> io::Result<()>
 where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    A: ReadReady + AsyncWrite + Unpin + ?Sized,
+    B: ReadReady + AsyncWrite + Unpin + ?Sized,
 {
     let (mut a_to_b, mut b_to_a) = (Direction::new(), Direction::new());
     std::future::poll_fn(|cx| {
@@ -80,12 +104,15 @@ where
     .await
 }
 
-/// One direction of a copy, with a buffer that starts small and grows while reads fill it.
+/// One direction of a copy. It holds a buffer only while bytes flow: waiting for data it has
+/// none, and once a read finds nothing more it gives the buffer back. The buffer's size
+/// starts small and grows while reads fill it, and the size is kept for the next burst.
 struct Direction {
-    buf: Vec<u8>,
-    /// `buf[pos..end]` was read but not yet written.
+    /// `buf[pos..]` was read but not yet written; no allocation while the direction is idle.
+    buf: BytesMut,
     pos: usize,
-    end: usize,
+    /// Capacity of the next buffer taken.
+    size: usize,
     read_done: bool,
     need_flush: bool,
     done: bool,
@@ -94,13 +121,19 @@ struct Direction {
 impl Direction {
     fn new() -> Self {
         Direction {
-            buf: vec![0; INITIAL_BUF],
+            buf: BytesMut::new(),
             pos: 0,
-            end: 0,
+            size: INITIAL_BUF,
             read_done: false,
             need_flush: false,
             done: false,
         }
+    }
+
+    /// Whether this direction holds a buffer now.
+    #[cfg(test)]
+    fn holds_buffer(&self) -> bool {
+        self.buf.capacity() > 0
     }
 
     /// Ready once the reader hit EOF and everything was written and the writer shut down.
@@ -111,41 +144,45 @@ impl Direction {
         mut writer: Pin<&mut W>,
     ) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + ?Sized,
+        R: ReadReady + ?Sized,
         W: AsyncWrite + ?Sized,
     {
         if self.done {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if self.pos == self.end && !self.read_done {
-                // Only between reads (nothing buffered), so growing never moves data.
-                if self.end == self.buf.len() && self.buf.len() < MAX_BUF {
-                    self.buf = vec![0; (self.buf.len() * GROWTH).min(MAX_BUF)];
+            if self.pos == self.buf.len() && !self.read_done {
+                if self.buf.capacity() == 0 {
+                    if reader.as_mut().poll_read_ready(cx)?.is_pending() {
+                        return self.idle(cx, writer);
+                    }
+                    self.buf = BytesMut::with_capacity(self.size);
+                } else if self.buf.capacity() < self.size {
+                    // Only between reads (nothing buffered), so growing never moves data.
+                    self.buf = BytesMut::with_capacity(self.size);
                 }
-                let mut rb = ReadBuf::new(&mut self.buf);
-                match reader.as_mut().poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
-                        self.pos = 0;
-                        self.end = n;
-                        self.read_done = n == 0;
+                self.buf.clear();
+                self.pos = 0;
+                match tokio_util::io::poll_read_buf(reader.as_mut(), cx, &mut self.buf) {
+                    Poll::Ready(Ok(0)) => {
+                        self.read_done = true;
+                        self.buf = BytesMut::new();
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        if n == self.buf.capacity() {
+                            self.size = (self.size * GROWTH).min(MAX_BUF);
+                        }
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
-                        // Nothing more to send for now: push out what the writer buffered.
-                        if self.need_flush {
-                            ready!(writer.as_mut().poll_flush(cx))?;
-                            self.need_flush = false;
-                        }
-                        return Poll::Pending;
+                        // Drained: give the buffer back until data arrives again.
+                        self.buf = BytesMut::new();
+                        return self.idle(cx, writer);
                     }
                 }
             }
-            while self.pos < self.end {
-                let n = ready!(writer
-                    .as_mut()
-                    .poll_write(cx, &self.buf[self.pos..self.end]))?;
+            while self.pos < self.buf.len() {
+                let n = ready!(writer.as_mut().poll_write(cx, &self.buf[self.pos..]))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::WriteZero,
@@ -162,6 +199,19 @@ impl Direction {
                 return Poll::Ready(Ok(()));
             }
         }
+    }
+
+    /// Nothing more to send for now: push out what the writer buffered, then wait.
+    fn idle<W: AsyncWrite + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: Pin<&mut W>,
+    ) -> Poll<io::Result<()>> {
+        if self.need_flush {
+            ready!(writer.poll_flush(cx))?;
+            self.need_flush = false;
+        }
+        Poll::Pending
     }
 }
 
@@ -181,6 +231,12 @@ impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Counted<'_, S> {
         let r = Pin::new(&mut *self.inner).poll_read(cx, buf);
         self.read += (buf.filled().len() - before) as u64;
         r
+    }
+}
+
+impl<S: ReadReady + Unpin + ?Sized> ReadReady for Counted<'_, S> {
+    fn poll_read_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_read_ready(cx)
     }
 }
 
@@ -207,73 +263,4 @@ impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Counted<'_, S> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    #[tokio::test]
-    async fn counts_both_directions_and_half_close() {
-        let (mut client, mut down) = tokio::io::duplex(1024);
-        let (mut up, mut server) = tokio::io::duplex(1024);
-        let cancel = CancellationToken::new();
-        let proxy = tokio::spawn(async move { bidirectional(&mut down, &mut up, &cancel).await });
-        client.write_all(b"hello").await.unwrap();
-        client.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        server.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"hello");
-        server.write_all(b"world!").await.unwrap();
-        server.shutdown().await.unwrap();
-        let mut back = Vec::new();
-        client.read_to_end(&mut back).await.unwrap();
-        assert_eq!(back, b"world!");
-        let (outcome, t) = proxy.await.unwrap();
-        assert!(matches!(outcome, Outcome::Done));
-        assert_eq!(
-            t,
-            Transferred {
-                received: 5,
-                sent: 6
-            }
-        );
-    }
-
-    #[tokio::test]
-    async fn bulk_transfer_grows_the_buffer_and_keeps_every_byte() {
-        let (mut client, mut down) = tokio::io::duplex(256 * 1024);
-        let (mut up, mut server) = tokio::io::duplex(256 * 1024);
-        let cancel = CancellationToken::new();
-        let proxy = tokio::spawn(async move { bidirectional(&mut down, &mut up, &cancel).await });
-        let data: Vec<u8> = (0..3 * MAX_BUF + 17).map(|i| (i % 251) as u8).collect();
-        let sent = data.clone();
-        let writer = tokio::spawn(async move {
-            client.write_all(&sent).await.unwrap();
-            client.shutdown().await.unwrap();
-            client
-        });
-        let mut got = Vec::new();
-        server.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, data);
-        server.shutdown().await.unwrap();
-        drop(writer.await.unwrap());
-        let (outcome, t) = proxy.await.unwrap();
-        assert!(matches!(outcome, Outcome::Done));
-        assert_eq!(t.received, data.len() as u64);
-    }
-
-    #[tokio::test]
-    async fn cancel_stops_and_keeps_counts() {
-        let (mut client, mut down) = tokio::io::duplex(1024);
-        let (mut up, mut server) = tokio::io::duplex(1024);
-        let cancel = CancellationToken::new();
-        let c2 = cancel.clone();
-        let proxy = tokio::spawn(async move { bidirectional(&mut down, &mut up, &c2).await });
-        client.write_all(b"abc").await.unwrap();
-        let mut buf = [0u8; 3];
-        server.read_exact(&mut buf).await.unwrap();
-        cancel.cancel();
-        let (outcome, t) = proxy.await.unwrap();
-        assert!(matches!(outcome, Outcome::Cancelled));
-        assert_eq!(t.received, 3);
-    }
-}
+mod tests;

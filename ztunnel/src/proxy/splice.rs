@@ -168,13 +168,22 @@ fn copy_step(
     read_done: &mut bool,
 ) -> Poll<io::Result<()>> {
     if *pos == *end && !*read_done {
-        // Wait for data before holding a buffer: an idle direction costs nothing.
-        ready!(src.poll_read_ready(cx))?;
+        // Hold a buffer only while there is data: an idle direction costs nothing.
+        if src.poll_read_ready(cx)?.is_pending() {
+            *buf = Vec::new();
+            return Poll::Pending;
+        }
         if buf.is_empty() {
             buf.resize(BUF, 0);
         }
         let mut rb = ReadBuf::new(buf);
-        ready!(std::pin::Pin::new(&mut *src).poll_read(cx, &mut rb))?;
+        if std::pin::Pin::new(&mut *src)
+            .poll_read(cx, &mut rb)?
+            .is_pending()
+        {
+            *buf = Vec::new();
+            return Poll::Pending;
+        }
         let n = rb.filled().len();
         *pos = 0;
         *end = n;

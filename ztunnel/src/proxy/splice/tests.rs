@@ -87,3 +87,30 @@ async fn cancel_stops_a_spliced_copy_with_its_counts() {
     assert!(matches!(outcome, Outcome::Cancelled), "{outcome:?}");
     assert_eq!(t.received, chunk.len() as u64);
 }
+
+#[tokio::test]
+async fn an_idle_direction_holds_no_buffer() {
+    let ((mut client, mut down), (mut up, mut server)) = pairs().await;
+    let mut dir = Direction::new();
+    client.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 4];
+    let copy = async {
+        std::future::poll_fn(|cx| {
+            let r = dir.poll(cx, &mut down, &mut up);
+            assert!(r.is_pending(), "the source is still open");
+            // Pending once the message went through and the socket has nothing more.
+            Poll::Ready(())
+        })
+        .await
+    };
+    // The message is readable (loopback), so one poll moves it and then finds nothing more.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    copy.await;
+    server.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"ping");
+    assert_eq!(dir.moved, 4);
+    assert!(
+        matches!(&dir.mode, Mode::Copy { buf, .. } if buf.capacity() == 0),
+        "the buffer is given back when the source has nothing more"
+    );
+}
