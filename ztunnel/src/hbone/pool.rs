@@ -11,6 +11,10 @@ use super::{Client, Error, Settings};
 
 /// Shortest sweep period, so a tiny idle timeout cannot turn the reaper into a busy loop.
 const MIN_SWEEP: Duration = Duration::from_millis(50);
+/// A key keeps one idle connection for `idle_timeout`; further idle ones (left over from a
+/// burst that needed several) are closed once idle this long, so their TLS and HTTP/2 state is
+/// given back soon after the burst instead of a whole idle timeout later.
+const SURPLUS_GRACE: Duration = Duration::from_secs(1);
 
 /// HBONE connections keyed by whatever identifies an interchangeable peer (typically source
 /// identity, destination identity and destination address).
@@ -18,7 +22,8 @@ const MIN_SWEEP: Duration = Duration::from_millis(50);
 /// Concurrent `get`s for a key with no usable connection wait for a single attempt; if it fails,
 /// every waiter gets [`Error::Connect`] with the shared cause, and the next `get` tries again.
 /// Closed connections are evicted as they are found and by a background sweep, which also
-/// closes connections idle (no streams) for longer than `idle_timeout`.
+/// closes connections idle (no streams) for longer than `idle_timeout`, and all but one of a
+/// key's idle connections once they have been idle for [`SURPLUS_GRACE`].
 pub struct Pool<K> {
     inner: Arc<Inner<K>>,
 }
@@ -153,7 +158,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Pool<K> {
 }
 
 async fn sweep<K: Hash + Eq>(inner: Weak<Inner<K>>, idle_timeout: Duration) {
-    let period = (idle_timeout / 2).max(MIN_SWEEP);
+    let period = (idle_timeout / 2).min(SURPLUS_GRACE / 2).max(MIN_SWEEP);
     loop {
         tokio::time::sleep(period).await;
         let Some(inner) = inner.upgrade() else {
@@ -168,14 +173,17 @@ async fn sweep<K: Hash + Eq>(inner: Weak<Inner<K>>, idle_timeout: Duration) {
                 .clients
                 .lock()
                 .expect("pool lock is never held across a panic");
+            let mut idle_kept = false;
             clients.retain(|client| {
                 if client.is_closed() {
                     return false;
                 }
-                if client.idle_for() >= idle_timeout {
+                let idle = client.idle_for();
+                if idle >= idle_timeout || (idle >= SURPLUS_GRACE && idle_kept) {
                     client.close();
                     return false;
                 }
+                idle_kept |= idle >= SURPLUS_GRACE;
                 true
             });
             // Keep keys someone is connecting for: their waiters hold this entry.

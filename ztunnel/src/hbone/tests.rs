@@ -719,3 +719,40 @@ async fn pool_never_hands_out_more_streams_than_the_peer_allows() {
         "13 streams at 4 per connection: {stats:?}"
     );
 }
+
+/// After a burst that needed several connections, a key keeps one idle connection for reuse
+/// and gives the others back once they have been idle for a moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_closes_surplus_idle_connections_after_a_burst() {
+    let server_settings = Settings {
+        max_concurrent_streams: 2,
+        ..Settings::default()
+    };
+    let (addr, _, _) = listen(Server::new(server_settings.clone(), echo)).await;
+    let pool: Pool<u32> = Pool::new(server_settings, Duration::from_secs(60));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let first = pool.get(1, tcp_connect(addr, &calls)).await.unwrap();
+    let mut held = vec![first.connect(dst(1), HeaderMap::new()).await.unwrap()];
+    for _ in 0..5 {
+        let client = pool.get(1, tcp_connect(addr, &calls)).await.unwrap();
+        held.push(client.connect(dst(1), HeaderMap::new()).await.unwrap());
+    }
+    assert_eq!(pool.stats().connections, 3, "6 streams at 2 per connection");
+    drop(held);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while pool.stats().connections > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "surplus idle connections were not closed: {:?}",
+            pool.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The one left is still usable without a new connection.
+    let before = calls.load(Ordering::SeqCst);
+    let client = pool.get(1, tcp_connect(addr, &calls)).await.unwrap();
+    let mut stream = client.connect(dst(1), HeaderMap::new()).await.unwrap();
+    assert_eq!(roundtrip(&mut stream, b"again").await, b"again");
+    assert_eq!(calls.load(Ordering::SeqCst), before);
+    assert_eq!(pool.stats().connections, 1);
+}
