@@ -149,6 +149,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         }
         bench.traffic("mesh", Some(&daemons))?;
         daemons.stop()?;
+        bench.mesh.unpin();
     }
     drop(iperf_servers);
 
@@ -163,6 +164,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         "connect_concurrency": load::CONNECT_CONCURRENCY,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "loadavg_before": load_before,
+        "damon_active": damon_active(),
         "loadavg_after": loadavg(),
     });
     let rows = bench.rows();
@@ -178,6 +180,18 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 
 fn cpu_seconds(pids: &[u32]) -> anyhow::Result<f64> {
     pids.iter().map(|p| proc::cpu_seconds(*p)).sum()
+}
+
+/// Whether the kernel's DAMON monitor is running (these machines run one that pages out cold
+/// memory, with a 5 s aggregation interval): its periodic work shows in the latency tails.
+fn damon_active() -> bool {
+    std::fs::read_dir("/sys/kernel/mm/damon/admin/kdamonds")
+        .map(|dirs| {
+            dirs.flatten().any(|d| {
+                std::fs::read_to_string(d.path().join("state")).is_ok_and(|s| s.trim() == "on")
+            })
+        })
+        .unwrap_or(false)
 }
 
 fn loadavg() -> String {

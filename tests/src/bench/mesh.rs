@@ -91,14 +91,20 @@ fn pin_dir(topo: &Topology, node: u8) -> PathBuf {
     Path::new("/run/ztunnel/bpf").join(format!("{}-n{node}", topo.prefix()))
 }
 
-/// Unpinning detaches the programs the stopped ztunnels left attached (fail-closed keeps them
-/// across restarts, which the runs rely on); otherwise every later connect on the machine
-/// would still run them.
-impl Drop for Mesh {
-    fn drop(&mut self) {
+impl Mesh {
+    /// Detaches the capture programs stopped ztunnels left pinned: fail-closed keeps them (and
+    /// so keeps refusing the pods' traffic) until ztunnel comes back, but the next direct run
+    /// must see the pods without capture, and later connects on the machine must not run them.
+    pub fn unpin(&self) {
         for node in [1u8, 2] {
             let _ = std::fs::remove_dir_all(pin_dir(&self.topo, node));
         }
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.unpin();
     }
 }
 
