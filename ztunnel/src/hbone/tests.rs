@@ -270,6 +270,80 @@ async fn copy_bidirectional_preserves_half_close() {
     assert_eq!((up, down), (11, 11));
 }
 
+/// The proxies' own copy on both tunnel ends (chunks handed to and taken from h2 without a
+/// copy): 3 MiB each way, byte-exact, with half-close and exact counts on both ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_copy_moves_bulk_through_a_tunnel_byte_exact() {
+    use crate::proxy::copy::{bidirectional, Outcome, Transferred};
+    use tokio_util::sync::CancellationToken;
+    const LEN: usize = 3 * 1024 * 1024 + 5;
+    let data: Vec<u8> = (0..LEN).map(|i| (i % 241) as u8).collect();
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let expected = data.clone();
+    tokio::spawn(async move {
+        let (mut tcp, _) = backend.accept().await.unwrap();
+        let mut got = Vec::new();
+        tcp.read_to_end(&mut got).await.unwrap();
+        assert!(
+            got == expected,
+            "backend got {} bytes, not the sent ones",
+            got.len()
+        );
+        let reply: Vec<u8> = got.iter().rev().copied().collect();
+        tcp.write_all(&reply).await.unwrap();
+        tcp.shutdown().await.unwrap();
+    });
+    let (server_done, mut server_counts) = tokio::sync::mpsc::unbounded_channel();
+    let handler = move |incoming: Incoming| {
+        let done = server_done.clone();
+        async move {
+            let mut upstream = TcpStream::connect(incoming.authority).await.unwrap();
+            let mut stream = incoming.accept().unwrap();
+            let r = bidirectional(&mut stream, &mut upstream, &CancellationToken::new()).await;
+            let _ = done.send(r);
+        }
+    };
+    let (addr, _, _) = listen(Server::new(Settings::default(), handler)).await;
+    let client = client(addr, &Settings::default()).await;
+    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    let proxy = tokio::spawn(async move {
+        let (mut downstream, _) = app.accept().await.unwrap();
+        let mut stream = client
+            .connect(backend_addr, HeaderMap::new())
+            .await
+            .unwrap();
+        bidirectional(&mut downstream, &mut stream, &CancellationToken::new()).await
+    });
+    let mut tcp = TcpStream::connect(app_addr).await.unwrap();
+    let (mut rd, mut wr) = tcp.split();
+    let send = async {
+        wr.write_all(&data).await.unwrap();
+        wr.shutdown().await.unwrap();
+    };
+    let mut got = Vec::new();
+    let recv = async { rd.read_to_end(&mut got).await.unwrap() };
+    tokio::time::timeout(WAIT, async { tokio::join!(send, recv) })
+        .await
+        .unwrap();
+    let reversed: Vec<u8> = data.iter().rev().copied().collect();
+    assert!(got == reversed, "client got {} bytes back", got.len());
+    let both = Transferred {
+        received: LEN as u64,
+        sent: LEN as u64,
+    };
+    let (outcome, moved) = tokio::time::timeout(WAIT, proxy).await.unwrap().unwrap();
+    assert!(matches!(outcome, Outcome::Done), "{outcome:?}");
+    assert_eq!(moved, both);
+    let (outcome, moved) = tokio::time::timeout(WAIT, server_counts.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Done), "{outcome:?}");
+    assert_eq!(moved, both);
+}
+
 type Rejections = Arc<Mutex<Vec<RejectReason>>>;
 
 async fn counting_server() -> (SocketAddr, Rejections, Arc<AtomicUsize>) {
