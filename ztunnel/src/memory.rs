@@ -53,7 +53,9 @@ pub async fn trim_after_closes(stop: CancellationToken) {
         }
         trimmed_at = closed;
         let start = Instant::now();
-        let released = trim();
+        // A trim walks every arena and can take milliseconds: not on a worker that is
+        // carrying connections.
+        let released = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
         tracing::debug!(closes = closed, released, took = ?start.elapsed(), "returned freed memory to the system");
     }
 }

@@ -105,7 +105,11 @@ async fn tunnel(
     // life of the connection.
     let start = Instant::now();
     let target = crate::pod::normalize(incoming.authority);
-    let Some(conn) = Box::pin(establish(&ctx, &pod, incoming, peer, &peer_id, start)).await else {
+    let Some(conn) = Box::pin(establish(
+        &ctx, &pod, incoming, target, peer, &peer_id, start,
+    ))
+    .await
+    else {
         return;
     };
     let Established {
@@ -150,16 +154,17 @@ fn entry<'a>(
     }
 }
 
-/// Checks and accepts the tunnel and connects to the app; `None` once a failure was reported.
+/// Checks and accepts the tunnel to `target` (its normalized authority) and connects to the
+/// app; `None` once a failure was reported.
 async fn establish(
     ctx: &Context,
     pod: &Arc<Pod>,
     incoming: Incoming,
+    target: SocketAddr,
     peer: SocketAddr,
     peer_id: &Arc<Identity>,
     start: Instant,
 ) -> Option<Established> {
-    let target = crate::pod::normalize(incoming.authority);
     let snap = ctx.store.load();
     let summary = entry(pod, peer, peer_id, target, start);
     if !pod.ips.contains(&target.ip()) {

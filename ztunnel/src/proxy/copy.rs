@@ -263,4 +263,4 @@ impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Counted<'_, S> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use super::*;
 
 /// Both ends of a loopback TCP connection: copies need readers that report readiness.
-async fn tcp_pair() -> (TcpStream, TcpStream) {
+pub(crate) async fn tcp_pair() -> (TcpStream, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (connected, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());

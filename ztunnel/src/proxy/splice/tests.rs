@@ -1,16 +1,10 @@
 use super::*;
+use crate::proxy::copy::tests::tcp_pair;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 /// Two connected loopback pairs: (client, proxy's downstream), (proxy's upstream, server).
 async fn pairs() -> ((TcpStream, TcpStream), (TcpStream, TcpStream)) {
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (s, _) = l.accept().await.unwrap();
-        (c, s)
-    }
-    (pair().await, pair().await)
+    (tcp_pair().await, tcp_pair().await)
 }
 
 #[tokio::test]
