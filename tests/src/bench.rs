@@ -178,6 +178,16 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The ztunnels that carry `path` (none for direct runs). Cross-node passthrough goes to a pod
+/// outside the mesh, so only n1's ztunnel sees it.
+fn ztunnel_pids(daemons: Option<&Daemons>, path: &Path) -> Vec<u32> {
+    match daemons {
+        None => vec![],
+        Some(z) if path.same_node || !path.name.contains("HBONE") => vec![z.n1.pid()],
+        Some(z) => vec![z.n1.pid(), z.n2.pid()],
+    }
+}
+
 fn cpu_seconds(pids: &[u32]) -> anyhow::Result<f64> {
     pids.iter().map(|p| proc::cpu_seconds(*p)).sum()
 }
@@ -206,21 +216,14 @@ impl Bench {
         let d = self.opts.duration;
         let a = self.mesh.topo.pod("a").netns.clone();
         for path in &self.hbone {
-            let pids: Vec<u32> = match daemons {
-                None => vec![],
-                Some(z) if path.same_node => vec![z.n1.pid()],
-                Some(z) => vec![z.n1.pid(), z.n2.pid()],
-            };
-            let cpu = |pids: &[u32]| -> anyhow::Result<f64> {
-                pids.iter().map(|p| proc::cpu_seconds(*p)).sum()
-            };
+            let pids = ztunnel_pids(daemons, path);
             if !self.opts.measures("latency") {
                 if self.opts.measures("connections") {
                     Self::connections(&self.client, &mut self.samples, d, mode, path)?;
                 }
                 continue;
             }
-            let before = cpu(&pids)?;
+            let before = cpu_seconds(&pids)?;
             let fixed = load::fixed_rate(
                 &self.client,
                 path.addr,
@@ -228,7 +231,7 @@ impl Bench {
                 self.opts.latency_duration,
             )
             .with_context(|| format!("{mode} fixed-rate latency, {}", path.name))?;
-            let spent = cpu(&pids)? - before;
+            let spent = cpu_seconds(&pids)? - before;
             let key = format!("latency/{}/{FIXED_RATE}rps", path.name);
             for (q, v) in [
                 ("p50", fixed.p50),
@@ -245,10 +248,10 @@ impl Bench {
                 );
             }
 
-            let before = cpu(&pids)?;
+            let before = cpu_seconds(&pids)?;
             let max = load::max_rate(&self.client, path.addr, d)
                 .with_context(|| format!("{mode} max-rate latency, {}", path.name))?;
-            let spent = cpu(&pids)? - before;
+            let spent = cpu_seconds(&pids)? - before;
             let key = format!("latency/{}/max", path.name);
             self.samples.add(format!("{key}/rps/{mode}"), max.rate);
             for (q, v) in [
@@ -274,12 +277,7 @@ impl Bench {
             return Ok(());
         }
         for path in self.hbone.iter().chain(&self.passthrough) {
-            // Cross-node passthrough goes to a pod outside the mesh: only n1's ztunnel sees it.
-            let pids: Vec<u32> = match daemons {
-                None => vec![],
-                Some(z) if path.same_node || !path.name.contains("HBONE") => vec![z.n1.pid()],
-                Some(z) => vec![z.n1.pid(), z.n2.pid()],
-            };
+            let pids = ztunnel_pids(daemons, path);
             for streams in [1, 8] {
                 let addr = SocketAddr::new(path.addr.ip(), IPERF_PORT);
                 let before = cpu_seconds(&pids)?;
