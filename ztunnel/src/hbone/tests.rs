@@ -758,17 +758,23 @@ async fn dead_connection_fails_its_streams_only() {
     assert!(!other.is_closed());
 }
 
+/// A pool (60 s idle timeout) for an echo server that allows `limit` streams per connection,
+/// and the count of connections it opened.
+async fn pool_with_stream_limit(limit: u32) -> (Pool<u32>, SocketAddr, Arc<AtomicUsize>) {
+    let server_settings = Settings {
+        max_concurrent_streams: limit,
+        ..Settings::default()
+    };
+    let (addr, _, _) = listen(Server::new(server_settings.clone(), echo)).await;
+    let pool = Pool::new(server_settings, Duration::from_secs(60));
+    (pool, addr, Arc::new(AtomicUsize::new(0)))
+}
+
 /// Concurrent opens must not overshoot the peer's stream limit: the surplus would wait in h2
 /// for a slot that idle long-lived tunnels never free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_never_hands_out_more_streams_than_the_peer_allows() {
-    let server_settings = Settings {
-        max_concurrent_streams: 4,
-        ..Settings::default()
-    };
-    let (addr, _, _) = listen(Server::new(server_settings.clone(), echo)).await;
-    let pool: Pool<u32> = Pool::new(server_settings, Duration::from_secs(60));
-    let calls = Arc::new(AtomicUsize::new(0));
+    let (pool, addr, calls) = pool_with_stream_limit(4).await;
     // One full exchange first, so the client has the server's SETTINGS (the limit).
     let first = pool.get(1, tcp_connect(addr, &calls)).await.unwrap();
     let mut held = vec![first.connect(dst(1), HeaderMap::new()).await.unwrap()];
@@ -798,13 +804,7 @@ async fn pool_never_hands_out_more_streams_than_the_peer_allows() {
 /// and gives the others back once they have been idle for a moment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_closes_surplus_idle_connections_after_a_burst() {
-    let server_settings = Settings {
-        max_concurrent_streams: 2,
-        ..Settings::default()
-    };
-    let (addr, _, _) = listen(Server::new(server_settings.clone(), echo)).await;
-    let pool: Pool<u32> = Pool::new(server_settings, Duration::from_secs(60));
-    let calls = Arc::new(AtomicUsize::new(0));
+    let (pool, addr, calls) = pool_with_stream_limit(2).await;
     let first = pool.get(1, tcp_connect(addr, &calls)).await.unwrap();
     let mut held = vec![first.connect(dst(1), HeaderMap::new()).await.unwrap()];
     for _ in 0..5 {
