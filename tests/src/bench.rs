@@ -4,6 +4,7 @@
 //! Every run first measures direct traffic, then starts both ztunnels, measures the same
 //! scenarios through the mesh, and stops them (which removes capture again).
 
+pub mod elf;
 pub mod iperf;
 pub mod load;
 pub mod mesh;
@@ -83,6 +84,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         opts.idle_connections,
         2 * opts.idle_connections + 1000
     );
+    let ztunnel_binary = crate::daemon::binary()?;
+    let ztunnel_linking = elf::linking(&ztunnel_binary)?;
+    eprintln!("measuring {} ({ztunnel_linking})", ztunnel_binary.display());
     let load_before = loadavg();
     let mesh = Mesh::create().context("building the topology")?;
     let topo = &mesh.topo;
@@ -165,6 +169,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "loadavg_before": load_before,
         "damon_active": damon_active(),
+        "ztunnel_binary": ztunnel_binary.display().to_string(),
+        "ztunnel_linking": ztunnel_linking,
         "loadavg_after": loadavg(),
     });
     let rows = bench.rows();

@@ -1,8 +1,9 @@
 //! Data-plane benchmark: ztunnel against direct traffic on the test topology.
 //!
 //! ```text
-//! cargo build --release -p ztunnel
-//! sudo ZTUNNEL_BIN=target/release/ztunnel cargo run --release -p mesh-tests --bin bench -- --out target/bench
+//! cargo release-ztunnel     # the deployable build: release profile, C library linked in
+//! sudo ZTUNNEL_BIN=target/x86_64-unknown-linux-gnu/release/ztunnel \
+//!     cargo run --release -p mesh-tests --bin bench -- --out target/bench
 //! ```
 
 use std::path::PathBuf;

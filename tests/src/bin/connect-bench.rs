@@ -5,8 +5,8 @@
 //! (user + system of the client thread) per connect+close.
 //!
 //! Run as root, with a release ztunnel:
-//!   cargo build --release -p ztunnel --bins
-//!   ZTUNNEL_BIN=target/release/ztunnel cargo run --release -p mesh-tests --bin connect-bench -- 2000 7
+//!   cargo release-ztunnel
+//!   ZTUNNEL_BIN=target/x86_64-unknown-linux-gnu/release/ztunnel cargo run --release -p mesh-tests --bin connect-bench -- 2000 7
 //! (arguments: connections per batch, batches).
 
 use std::io::Read;
