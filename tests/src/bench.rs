@@ -225,7 +225,7 @@ impl Bench {
             let pids = ztunnel_pids(daemons, path);
             if !self.opts.measures("latency") {
                 if self.opts.measures("connections") {
-                    Self::connections(&self.client, &mut self.samples, d, mode, path)?;
+                    Self::connections(&self.client, &mut self.samples, d, mode, path, &pids)?;
                 }
                 continue;
             }
@@ -276,7 +276,7 @@ impl Bench {
             }
 
             if self.opts.measures("connections") {
-                Self::connections(&self.client, &mut self.samples, d, mode, path)?;
+                Self::connections(&self.client, &mut self.samples, d, mode, path, &pids)?;
             }
         }
         if !self.opts.measures("throughput") {
@@ -312,15 +312,27 @@ impl Bench {
         d: Duration,
         mode: &str,
         path: &Path,
+        pids: &[u32],
     ) -> anyhow::Result<()> {
+        let before = cpu_seconds(pids)?;
         let (rate, failed) = load::connection_rate(client, path.addr, d)
             .with_context(|| format!("{mode} connection rate, {}", path.name))?;
+        let spent = cpu_seconds(pids)? - before;
         anyhow::ensure!(
             failed as f64 <= rate * d.as_secs_f64() * 0.01,
             "{mode} connection rate, {}: {failed} of the connections failed",
             path.name
         );
         samples.add(format!("connections/{}/{mode}", path.name), rate);
+        if !pids.is_empty() {
+            // Like CPU per GB: what a change saves, where the rate mostly shows the competition
+            // for the 2 cores.
+            let made = rate * d.as_secs_f64();
+            samples.add(
+                format!("cpu/{}/us_per_connection", path.name),
+                spent * 1e6 / made.max(1.0),
+            );
+        }
         // Let the TIME_WAIT sockets of the connection run drain a little before the next.
         std::thread::sleep(Duration::from_secs(1));
         Ok(())
@@ -448,6 +460,21 @@ impl Bench {
                 Some(format!("connections/{}/direct", path.name)),
                 format!("connections/{}/mesh", path.name),
                 Compare::RatioAtLeast(0.50),
+            ));
+            rows.push(row(
+                path.name.to_owned(),
+                &format!(
+                    "ztunnel CPU per new connection{}",
+                    if path.same_node {
+                        ""
+                    } else {
+                        " (both ztunnels)"
+                    }
+                ),
+                "µs",
+                None,
+                format!("cpu/{}/us_per_connection", path.name),
+                Compare::None,
             ));
             rows.push(row(
                 path.name.to_owned(),

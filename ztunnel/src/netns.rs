@@ -21,6 +21,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use spare::Stock;
 
+pub mod source_port;
 mod spare;
 
 /// Listen backlog: Rust's default of 128 drops SYNs when many pod connections arrive at once.
@@ -205,7 +206,7 @@ impl Netns {
                 IpAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
                 IpAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
             }
-            socket.bind(&SockAddr::from(SocketAddr::new(source, 0)))?;
+            source_port::bind(socket2::SockRef::from(&socket), source)?;
         }
         Ok(tokio::net::TcpSocket::from_std_stream(socket.into()))
     }
