@@ -4,6 +4,7 @@
 pub mod route;
 mod tunnel;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -39,24 +40,41 @@ pub async fn serve(ctx: Arc<Context>, pod: Arc<Pod>, listener: TcpListener) {
     crate::pod::accept_loop(&ctx, &pod, listener, "outbound", handle).await
 }
 
-async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, downstream: TcpStream, peer: SocketAddr) {
+fn handle(
+    ctx: Arc<Context>,
+    pod: Arc<Pod>,
+    downstream: TcpStream,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + Send + 'static {
     // Setting up needs far more state than copying (route, labels, the connect futures):
-    // boxed, it is freed once connected, and this task keeps only what the copy needs for the
-    // life of the connection.
-    let Some(conn) = Box::pin(establish(&ctx, &pod, downstream, peer)).await else {
-        return;
+    // boxed, it is freed once connected. It is built here, outside the task's own future, so
+    // that the arguments it consumes do not also keep slots in the task for the life of the
+    // connection (an async fn keeps one for each argument even after moving it on).
+    let setup = {
+        let pod = pod.clone();
+        Box::pin(async move { establish(&ctx, &pod, downstream, peer).await })
     };
-    let Established {
-        mut downstream,
-        mut upstream,
-        guard,
-        summary,
-    } = conn;
-    let (outcome, moved) = match &mut upstream {
-        Upstream::Tunnel(s) => copy::bidirectional(&mut downstream, s, &pod.cancel).await,
-        Upstream::Tcp(s) => splice::bidirectional(&mut downstream, s, &pod.cancel).await,
-    };
-    summary.entry(&pod).finished(guard, outcome, moved);
+    async move {
+        // Destructured in the pattern: a binding of the whole struct would take its own slot.
+        let Some(Established {
+            mut downstream,
+            mut upstream,
+            guard,
+            summary,
+        }) = setup.await
+        else {
+            return;
+        };
+        let (outcome, moved) = match &mut upstream {
+            Upstream::Tunnel(s) => copy::bidirectional(&mut downstream, s, &pod.cancel).await,
+            // The splice state (pipes, its user-space phase) is about twice the copy's: boxed,
+            // so tunnelled connections, the many, do not carry its size in their tasks.
+            Upstream::Tcp(s) => {
+                Box::pin(splice::bidirectional(&mut downstream, s, &pod.cancel)).await
+            }
+        };
+        summary.entry(&pod).finished(guard, outcome, moved);
+    }
 }
 
 /// A connection whose upstream is connected: what the copy needs and what its end reports.

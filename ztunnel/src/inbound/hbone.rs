@@ -1,6 +1,7 @@
 //! Inbound HBONE: mutual TLS with the peer ztunnel (client certificate required), then one
 //! HTTP/2 CONNECT stream per proxied connection, each authorized and delivered on its own.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,34 +94,40 @@ async fn handle(
     }
 }
 
-async fn tunnel(
+fn tunnel(
     ctx: Arc<Context>,
     pod: Arc<Pod>,
     incoming: Incoming,
     peer: SocketAddr,
     peer_id: Arc<Identity>,
-) {
-    // Setting up needs far more state than copying (the request, labels, the connect future):
-    // boxed, it is freed once connected, and this task keeps only what the copy needs for the
-    // life of the connection.
+) -> impl Future<Output = ()> + Send + 'static {
     let start = Instant::now();
     let target = crate::pod::normalize(incoming.authority);
-    let Some(conn) = Box::pin(establish(
-        &ctx, &pod, incoming, target, peer, &peer_id, start,
-    ))
-    .await
-    else {
-        return;
+    // Setting up needs far more state than copying (the request, labels, the connect future):
+    // boxed, it is freed once connected. It is built here, outside the task's own future, so
+    // that the request is not also kept in the task for the life of the connection (an async
+    // fn keeps a slot for each argument even after moving it on).
+    let setup = {
+        let (ctx, pod, peer_id) = (ctx.clone(), pod.clone(), peer_id.clone());
+        Box::pin(
+            async move { establish(&ctx, &pod, incoming, target, peer, &peer_id, start).await },
+        )
     };
-    let Established {
-        mut downstream,
-        mut upstream,
-        cancel,
-        _registration,
-        guard,
-    } = conn;
-    let (outcome, moved) = copy::bidirectional(&mut downstream, &mut upstream, &cancel).await;
-    entry(&pod, peer, &peer_id, target, start).finished(guard, outcome, moved);
+    async move {
+        // Destructured in the pattern: a binding of the whole struct would take its own slot.
+        let Some(Established {
+            mut downstream,
+            mut upstream,
+            cancel,
+            _registration,
+            guard,
+        }) = setup.await
+        else {
+            return;
+        };
+        let (outcome, moved) = copy::bidirectional(&mut downstream, &mut upstream, &cancel).await;
+        entry(&pod, peer, &peer_id, target, start).finished(guard, outcome, moved);
+    }
 }
 
 /// A tunnel whose app connection is up: what the copy needs and what its end reports.
