@@ -4,14 +4,25 @@ use anyhow::Context;
 
 /// `VmRSS` of `pid` in bytes.
 pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmRSS")
+}
+
+/// Resident memory of `pid` split into anonymous (heap, stacks) and file-backed (mapped code
+/// and read-only data) bytes: code first run by traffic stays mapped after the connections
+/// close, which is not memory the connections kept.
+pub fn rss_parts(pid: u32) -> anyhow::Result<(u64, u64)> {
+    Ok((status_bytes(pid, "RssAnon")?, status_bytes(pid, "RssFile")?))
+}
+
+fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let kib = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse::<u64>().ok())
-        .with_context(|| format!("no VmRSS line in {path}"))?;
+        .with_context(|| format!("no {field} line in {path}"))?;
     Ok(kib * 1024)
 }
 
