@@ -473,6 +473,12 @@ impl Bench {
                     ));
                 }
             }
+            // Cross-node CPU figures add up the two ztunnels a connection passes.
+            let both = if path.same_node {
+                ""
+            } else {
+                " (both ztunnels)"
+            };
             rows.push(row(
                 path.name.to_owned(),
                 "new connections (connect, 1-byte echo, close)",
@@ -483,14 +489,7 @@ impl Bench {
             ));
             rows.push(row(
                 path.name.to_owned(),
-                &format!(
-                    "ztunnel CPU per new connection{}",
-                    if path.same_node {
-                        ""
-                    } else {
-                        " (both ztunnels)"
-                    }
-                ),
+                &format!("ztunnel CPU per new connection{both}"),
                 "µs",
                 None,
                 format!("cpu/{}/us_per_connection", path.name),
@@ -498,14 +497,7 @@ impl Bench {
             ));
             rows.push(row(
                 path.name.to_owned(),
-                &format!(
-                    "ztunnel CPU per request at {FIXED_RATE} req/s{}",
-                    if path.same_node {
-                        ""
-                    } else {
-                        " (both ztunnels)"
-                    }
-                ),
+                &format!("ztunnel CPU per request at {FIXED_RATE} req/s{both}"),
                 "µs",
                 None,
                 format!("cpu/{}/{FIXED_RATE}rps/us_per_request", path.name),
