@@ -45,6 +45,8 @@ pub struct Netns {
     /// Sockets made ahead on the namespace thread, per family (see [`spare`]).
     spare_v4: Arc<Stock>,
     spare_v6: Arc<Stock>,
+    /// Where delivery sockets take their source ports (see [`source_port`]).
+    source_ports: source_port::Range,
 }
 
 impl Netns {
@@ -58,12 +60,13 @@ impl Netns {
             ino: meta.ino(),
         };
         let (jobs, queue) = mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<io::Result<()>>(1);
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<io::Result<source_port::Range>>(1);
         std::thread::Builder::new()
             .name(format!("netns-{}", inode.ino))
             .spawn(move || {
-                let entered =
-                    nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from);
+                let entered = nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
+                    .map(|()| source_port::Range::of_current_netns())
+                    .map_err(io::Error::from);
                 let ok = entered.is_ok();
                 // The opener is blocked on this answer, so the send cannot fail.
                 let _ = ready_tx.send(entered);
@@ -77,7 +80,7 @@ impl Netns {
                     let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
                 }
             })?;
-        ready_rx
+        let source_ports = ready_rx
             .recv()
             .map_err(|_| io::Error::other("netns thread exited before entering the namespace"))?
             .map_err(|e| annotate(e, "entering netns", path))?;
@@ -87,6 +90,7 @@ impl Netns {
             jobs,
             spare_v4: Arc::new(Stock::new(Domain::IPV4)),
             spare_v6: Arc::new(Stock::new(Domain::IPV6)),
+            source_ports,
         }))
     }
 
@@ -96,6 +100,11 @@ impl Netns {
 
     pub fn inode(&self) -> Inode {
         self.inode
+    }
+
+    /// The namespace's `ip_local_port_range`, read when it was opened.
+    pub fn source_ports(&self) -> source_port::Range {
+        self.source_ports
     }
 
     /// Runs `f` on the namespace's thread. Child processes spawned by `f` inherit the namespace.
@@ -206,7 +215,7 @@ impl Netns {
                 IpAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
                 IpAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
             }
-            source_port::bind(socket2::SockRef::from(&socket), source)?;
+            source_port::bind(socket2::SockRef::from(&socket), source, self.source_ports)?;
         }
         Ok(tokio::net::TcpSocket::from_std_stream(socket.into()))
     }

@@ -79,7 +79,7 @@ async fn connect_once(
             )
         })?;
     let exemption = match &pod.capture {
-        Some(backend) => exempt(backend.as_ref(), &sock, target, transparent.is_some())?,
+        Some(backend) => exempt(backend.as_ref(), pod, &sock, target, transparent.is_some())?,
         None => None,
     };
     let connected = crate::proxy::connect::attempt(sock, target, ctx.config.connect_timeout).await;
@@ -92,6 +92,7 @@ async fn connect_once(
 /// source is known, and asks the backend to let that source through.
 fn exempt(
     backend: &dyn Backend,
+    pod: &Pod,
     sock: &TcpSocket,
     target: SocketAddr,
     bound: bool,
@@ -99,7 +100,8 @@ fn exempt(
     let internal = |what: String| Error::new(Kind::Connect, Fault::Internal, what);
     if !bound {
         // The address the kernel would pick anyway for a destination in this namespace.
-        crate::netns::source_port::bind(SockRef::from(sock), target.ip())
+        let ports = pod.netns.source_ports();
+        crate::netns::source_port::bind(SockRef::from(sock), target.ip(), ports)
             .map_err(|e| internal(format!("bind delivery socket for {target}: {e}")))?;
     }
     let source = sock

@@ -150,3 +150,28 @@ async fn spare_sockets_belong_to_the_namespace_and_refill() {
     }
     assert_eq!(netns.spare_v6.len(), 0, "an unused family holds no sockets");
 }
+
+#[tokio::test]
+async fn delivery_source_ports_follow_the_namespace_port_range() {
+    super::testing::require_root_and_tools();
+    let ns = Namespace::new("ports");
+    ns.exec(&[
+        "sh",
+        "-c",
+        "echo 40000 40009 > /proc/sys/net/ipv4/ip_local_port_range",
+    ]);
+    let netns = ns.open();
+    // Read on the namespace's own thread: the node's range is a different one.
+    assert_ne!(
+        netns.source_ports(),
+        super::source_port::Range::of_current_netns()
+    );
+    for _ in 0..20 {
+        let socket = netns
+            .socket("10.250.0.1:80".parse().expect("literal"), 1, Some(PEER_V4))
+            .await
+            .expect("transparent socket bound in the pod's range");
+        let port = socket.local_addr().expect("bound").port();
+        assert!((40000..=40009).contains(&port), "{port}");
+    }
+}
