@@ -32,7 +32,7 @@ const INITIAL_BUF: usize = 1024;
 /// ...grown by this factor while reads keep filling it...
 const GROWTH: usize = 4;
 /// ...up to this, large enough that a multi-gigabit stream needs few syscalls.
-const MAX_BUF: usize = 64 * 1024;
+const MAX_BUF: usize = 256 * 1024;
 
 /// A reader that can wait for data without being handed a buffer, so that a direction with
 /// nothing to read holds no memory (an idle connection costs no copy buffers).
