@@ -4,26 +4,33 @@ use anyhow::Context;
 
 /// `VmRSS` of `pid` in bytes.
 pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
-    status_bytes(pid, "VmRSS")
+    let [rss] = status_bytes(pid, ["VmRSS"])?;
+    Ok(rss)
 }
 
 /// Resident memory of `pid` split into anonymous (heap, stacks) and file-backed (mapped code
 /// and read-only data) bytes: code first run by traffic stays mapped after the connections
 /// close, which is not memory the connections kept.
 pub fn rss_parts(pid: u32) -> anyhow::Result<(u64, u64)> {
-    Ok((status_bytes(pid, "RssAnon")?, status_bytes(pid, "RssFile")?))
+    let [anon, file] = status_bytes(pid, ["RssAnon", "RssFile"])?;
+    Ok((anon, file))
 }
 
-fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
+/// The `fields` (kB lines) of one read of `/proc/<pid>/status`, in bytes.
+fn status_bytes<const N: usize>(pid: u32, fields: [&str; N]) -> anyhow::Result<[u64; N]> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .with_context(|| format!("no {field} line in {path}"))?;
-    Ok(kib * 1024)
+    let mut out = [0; N];
+    for (value, field) in out.iter_mut().zip(fields) {
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .with_context(|| format!("no {field} line in {path}"))?;
+        *value = kib * 1024;
+    }
+    Ok(out)
 }
 
 /// User + system CPU time of `pid` (all threads) in seconds.

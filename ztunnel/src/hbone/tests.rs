@@ -222,6 +222,22 @@ async fn half_close_server_first() {
     assert_eq!(late, b"late reply");
 }
 
+/// The outbound proxy's side of a test: a listener for the app, and a future that accepts the
+/// app's connection and opens a tunnel for it to `target`.
+async fn app_side(
+    client: Client,
+    target: SocketAddr,
+) -> (SocketAddr, impl Future<Output = (TcpStream, Stream)>) {
+    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = app.local_addr().unwrap();
+    let accepted = async move {
+        let (downstream, _) = app.accept().await.unwrap();
+        let stream = client.connect(target, HeaderMap::new()).await.unwrap();
+        (downstream, stream)
+    };
+    (addr, accepted)
+}
+
 /// app -> TCP -> [copy_bidirectional] -> hbone -> [copy_bidirectional] -> TCP -> backend, with
 /// each side half-closing, as the real proxies do.
 #[tokio::test]
@@ -245,14 +261,9 @@ async fn copy_bidirectional_preserves_half_close() {
     let (addr, _, _) = listen(Server::new(Settings::default(), handler)).await;
     let client = client(addr, &Settings::default()).await;
 
-    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app_addr = app.local_addr().unwrap();
+    let (app_addr, accepted) = app_side(client, backend_addr).await;
     let proxy = tokio::spawn(async move {
-        let (mut downstream, _) = app.accept().await.unwrap();
-        let mut stream = client
-            .connect(backend_addr, HeaderMap::new())
-            .await
-            .unwrap();
+        let (mut downstream, mut stream) = accepted.await;
         tokio::io::copy_bidirectional(&mut downstream, &mut stream)
             .await
             .unwrap()
@@ -306,14 +317,9 @@ async fn proxy_copy_moves_bulk_through_a_tunnel_byte_exact() {
     };
     let (addr, _, _) = listen(Server::new(Settings::default(), handler)).await;
     let client = client(addr, &Settings::default()).await;
-    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app_addr = app.local_addr().unwrap();
+    let (app_addr, accepted) = app_side(client, backend_addr).await;
     let proxy = tokio::spawn(async move {
-        let (mut downstream, _) = app.accept().await.unwrap();
-        let mut stream = client
-            .connect(backend_addr, HeaderMap::new())
-            .await
-            .unwrap();
+        let (mut downstream, mut stream) = accepted.await;
         bidirectional(&mut downstream, &mut stream, &CancellationToken::new()).await
     });
     let mut tcp = TcpStream::connect(app_addr).await.unwrap();

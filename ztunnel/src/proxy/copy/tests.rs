@@ -14,6 +14,22 @@ pub(crate) async fn tcp_pair() -> (TcpStream, TcpStream) {
     (connected.unwrap(), accepted.unwrap().0)
 }
 
+/// "hello" from the client, then its half-close; "world!" back from the server once that
+/// arrived, then the server's: each side reads exactly what the other sent.
+pub(crate) async fn hello_world_with_half_close(client: &mut TcpStream, server: &mut TcpStream) {
+    client.write_all(b"hello").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    server.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"hello");
+    // The other direction still works after the first one closed.
+    server.write_all(b"world!").await.unwrap();
+    server.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    client.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"world!");
+}
+
 /// Polls `dir` once, copying whatever `from` has to `to`.
 async fn step(dir: &mut Direction, from: &mut TcpStream, to: &mut TcpStream) -> Poll<()> {
     poll_fn(|cx| {
@@ -31,18 +47,9 @@ async fn counts_both_directions_and_half_close() {
     let (mut up, mut server) = tcp_pair().await;
     let cancel = CancellationToken::new();
     let proxy = tokio::spawn(async move { bidirectional(&mut down, &mut up, &cancel).await });
-    client.write_all(b"hello").await.unwrap();
-    client.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    server.read_to_end(&mut got).await.unwrap();
-    assert_eq!(got, b"hello");
-    server.write_all(b"world!").await.unwrap();
-    server.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    client.read_to_end(&mut back).await.unwrap();
-    assert_eq!(back, b"world!");
+    hello_world_with_half_close(&mut client, &mut server).await;
     let (outcome, t) = proxy.await.unwrap();
-    assert!(matches!(outcome, Outcome::Done));
+    assert!(matches!(outcome, Outcome::Done), "{outcome:?}");
     assert_eq!(
         t,
         Transferred {

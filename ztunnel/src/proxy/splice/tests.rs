@@ -1,5 +1,5 @@
 use super::*;
-use crate::proxy::copy::tests::tcp_pair;
+use crate::proxy::copy::tests::{hello_world_with_half_close, tcp_pair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Two connected loopback pairs: (client, proxy's downstream), (proxy's upstream, server).
@@ -12,17 +12,7 @@ async fn small_exchange_keeps_half_close_and_counts() {
     let ((mut client, mut down), (mut up, mut server)) = pairs().await;
     let cancel = CancellationToken::new();
     let proxy = tokio::spawn(async move { bidirectional(&mut down, &mut up, &cancel).await });
-    client.write_all(b"hello").await.unwrap();
-    client.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    server.read_to_end(&mut got).await.unwrap();
-    assert_eq!(got, b"hello");
-    // The other direction still works after the first one closed.
-    server.write_all(b"world!").await.unwrap();
-    server.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    client.read_to_end(&mut back).await.unwrap();
-    assert_eq!(back, b"world!");
+    hello_world_with_half_close(&mut client, &mut server).await;
     let (outcome, t) = proxy.await.unwrap();
     assert!(matches!(outcome, Outcome::Done), "{outcome:?}");
     assert_eq!(
