@@ -43,6 +43,9 @@ impl Drop for Client {
 struct Shared {
     closed: AtomicBool,
     active: AtomicUsize,
+    /// Most streams it has carried at once: h2 keeps its stream tables at their high-water
+    /// size for the connection's life, so the pool does not keep a grown one idle.
+    peak: AtomicUsize,
     /// Last time the connection had a stream opened or closed; the pool's idle clock.
     last_used: Mutex<Instant>,
     close: Notify,
@@ -90,6 +93,7 @@ impl Client {
         let shared = Arc::new(Shared {
             closed: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
             last_used: Mutex::new(Instant::now()),
             close: Notify::new(),
         });
@@ -138,7 +142,8 @@ impl Client {
         // Counted before the request goes out so concurrent callers see the slot as taken
         // (unless the pool already took it for this handle).
         if !self.reserved.swap(false, Ordering::AcqRel) {
-            self.shared.active.fetch_add(1, Ordering::AcqRel);
+            let now = self.shared.active.fetch_add(1, Ordering::AcqRel) + 1;
+            self.shared.peak.fetch_max(now, Ordering::AcqRel);
         }
         let guard = StreamGuard(self.shared.clone());
         self.shared.touch();
@@ -166,12 +171,14 @@ impl Client {
             return None;
         }
         let max = self.send.current_max_send_streams();
-        self.shared
+        let before = self
+            .shared
             .active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
             .ok()?;
+        self.shared.peak.fetch_max(before + 1, Ordering::AcqRel);
         let handle = self.clone();
         handle.reserved.store(true, Ordering::Release);
         Some(handle)
@@ -183,6 +190,11 @@ impl Client {
 
     pub fn active_streams(&self) -> usize {
         self.shared.active.load(Ordering::Acquire)
+    }
+
+    /// The most streams the connection has carried at once.
+    pub fn peak_streams(&self) -> usize {
+        self.shared.peak.load(Ordering::Acquire)
     }
 
     /// How long the connection has had no stream opened or closed.

@@ -15,6 +15,11 @@ const MIN_SWEEP: Duration = Duration::from_millis(50);
 /// burst that needed several) are closed once idle this long, so their TLS and HTTP/2 state is
 /// given back soon after the burst instead of a whole idle timeout later.
 const SURPLUS_GRACE: Duration = Duration::from_secs(1);
+/// The idle connection a key keeps must not have carried more streams than this at once: h2
+/// keeps a connection's stream tables (about 330 B a slot on each end, plus its frame queues)
+/// at their high-water size, so a connection grown by a burst is closed like a surplus one and
+/// the next burst starts a fresh one.
+pub(crate) const KEEP_PEAK: usize = 64;
 
 /// HBONE connections keyed by whatever identifies an interchangeable peer (typically source
 /// identity, destination identity and destination address).
@@ -23,7 +28,8 @@ const SURPLUS_GRACE: Duration = Duration::from_secs(1);
 /// every waiter gets [`Error::Connect`] with the shared cause, and the next `get` tries again.
 /// Closed connections are evicted as they are found and by a background sweep, which also
 /// closes connections idle (no streams) for longer than `idle_timeout`, and all but one of a
-/// key's idle connections once they have been idle for [`SURPLUS_GRACE`].
+/// key's idle connections once they have been idle for [`SURPLUS_GRACE`] (that one too if it
+/// once carried more than [`KEEP_PEAK`] streams at once).
 pub struct Pool<K> {
     inner: Arc<Inner<K>>,
 }
@@ -179,7 +185,8 @@ async fn sweep<K: Hash + Eq>(inner: Weak<Inner<K>>, idle_timeout: Duration) {
                     return false;
                 }
                 let idle = client.idle_for();
-                if idle >= idle_timeout || (idle >= SURPLUS_GRACE && idle_kept) {
+                let surplus = idle_kept || client.peak_streams() > KEEP_PEAK;
+                if idle >= idle_timeout || (idle >= SURPLUS_GRACE && surplus) {
                     client.close();
                     return false;
                 }

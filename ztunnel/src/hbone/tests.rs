@@ -836,3 +836,36 @@ async fn pool_closes_surplus_idle_connections_after_a_burst() {
     assert_eq!(calls.load(Ordering::SeqCst), before);
     assert_eq!(pool.stats().connections, 1);
 }
+
+/// A connection that once carried a burst keeps h2's stream tables at the burst's size, so
+/// once idle it is closed like a surplus one even when it is the key's last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_closes_a_grown_connection_once_idle() {
+    let (pool, addr, calls) = pool_with_stream_limit(1000).await;
+    let mut held = Vec::new();
+    for _ in 0..=pool::KEEP_PEAK {
+        let client = pool.get(1, tcp_connect(addr, &calls)).await.unwrap();
+        held.push(client.connect(dst(1), HeaderMap::new()).await.unwrap());
+    }
+    assert_eq!(
+        pool.stats().connections,
+        1,
+        "one connection carries them all"
+    );
+    drop(held);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while pool.stats().connections > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the grown idle connection was kept: {:?}",
+            pool.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The next tunnel gets a fresh connection.
+    let before = calls.load(Ordering::SeqCst);
+    let client = pool.get(1, tcp_connect(addr, &calls)).await.unwrap();
+    let mut stream = client.connect(dst(1), HeaderMap::new()).await.unwrap();
+    assert_eq!(roundtrip(&mut stream, b"fresh").await, b"fresh");
+    assert_eq!(calls.load(Ordering::SeqCst), before + 1);
+}
