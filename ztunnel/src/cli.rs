@@ -55,6 +55,7 @@ pub fn main() -> anyhow::Result<()> {
             term.add(nix::sys::signal::Signal::SIGTERM);
             term.add(nix::sys::signal::Signal::SIGINT);
             term.thread_unblock()?;
+            crate::memory::configure();
             let mut rt = tokio::runtime::Builder::new_multi_thread();
             rt.enable_all().thread_name("ztunnel-worker");
             if let Some(n) = workers {

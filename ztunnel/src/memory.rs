@@ -60,6 +60,44 @@ pub async fn trim_after_closes(stop: CancellationToken) {
     }
 }
 
+/// Sets glibc's allocator up for a proxy's many small, long-lived connection states, unless
+/// the operator tuned it with `GLIBC_TUNABLES` (then theirs stands). Call before any thread
+/// is started: the arena limit binds only threads that have not allocated yet. Returns
+/// whether the settings were applied.
+#[cfg(target_env = "gnu")]
+pub fn configure() -> bool {
+    if std::env::var_os("GLIBC_TUNABLES").is_some() {
+        return false;
+    }
+    // No fastbins: tokio allocates task cells and socket registrations 128-byte aligned, and
+    // each such allocation frees the slack before and after the aligned block. In fastbins
+    // those small pieces never merge with their neighbours, so they stay resident beside every
+    // connection (about 200 B of each in the bench); in the regular bins they merge and are
+    // reused. Freed small blocks still go to the per-thread caches first, so the cost is not
+    // measurable (bench: CPU per request, per connection and per GB unchanged).
+    //
+    // SAFETY: mallopt only changes the allocator's parameters, under its own lock.
+    let fastbins_off = unsafe { libc::mallopt(libc::M_MXFAST, 0) } == 1;
+    // One arena instead of one per thread that allocates (up to 8 per core): `malloc_trim`
+    // gives back the free pages inside an arena but not the free top of a thread arena's heap,
+    // which glibc lets grow to twice the largest block it has unmapped (h2's stream tables,
+    // copy buffers: about 0.7 MB per arena). After 4,000 connections closed, 0.29 of their
+    // growth stayed resident with per-thread arenas and 0.15 with one. Threads still take
+    // freed blocks from their own caches without the arena lock; on this 2-core machine CPU
+    // per request, per connection and per GB did not change. Nodes with many workers can
+    // set `GLIBC_TUNABLES=glibc.malloc.arena_max=N` instead.
+    //
+    // SAFETY: as above.
+    let one_arena = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) } == 1;
+    fastbins_off && one_arena
+}
+
+/// Other C libraries' allocators are left as they are.
+#[cfg(not(target_env = "gnu"))]
+pub fn configure() -> bool {
+    false
+}
+
 /// Returns free heap pages to the kernel; true if any were released.
 #[cfg(target_env = "gnu")]
 pub fn trim() -> bool {
@@ -77,6 +115,16 @@ pub fn trim() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configure_applies_unless_the_operator_tuned_malloc() {
+        // The test harness does not set GLIBC_TUNABLES (CI runs it plainly).
+        assert_eq!(
+            configure(),
+            std::env::var_os("GLIBC_TUNABLES").is_none(),
+            "mallopt refused the settings"
+        );
+    }
 
     #[test]
     fn trim_releases_freed_memory() {
