@@ -811,30 +811,49 @@ async fn pool_never_hands_out_more_streams_than_the_peer_allows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_closes_surplus_idle_connections_after_a_burst() {
     let (pool, addr, calls) = pool_with_stream_limit(2).await;
-    let first = pool.get(1, tcp_connect(addr, &calls)).await.unwrap();
-    let mut held = vec![first.connect(dst(1), HeaderMap::new()).await.unwrap()];
-    for _ in 0..5 {
-        let client = pool.get(1, tcp_connect(addr, &calls)).await.unwrap();
-        held.push(client.connect(dst(1), HeaderMap::new()).await.unwrap());
-    }
+    let held = open_streams(&pool, addr, &calls, 6).await;
     assert_eq!(pool.stats().connections, 3, "6 streams at 2 per connection");
     drop(held);
+    wait_for_connections(&pool, 1, "surplus idle connections were not closed").await;
+    // The one left is still usable without a new connection.
+    assert_eq!(one_more_tunnel(&pool, addr, &calls).await, 0);
+    assert_eq!(pool.stats().connections, 1);
+}
+
+/// Opens `n` tunnels one after the other through `pool` (key 1) and keeps them open.
+async fn open_streams(
+    pool: &Pool<u32>,
+    addr: SocketAddr,
+    calls: &Arc<AtomicUsize>,
+    n: usize,
+) -> Vec<Stream> {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let client = pool.get(1, tcp_connect(addr, calls)).await.unwrap();
+        held.push(client.connect(dst(1), HeaderMap::new()).await.unwrap());
+    }
+    held
+}
+
+/// Waits until the pool holds at most `n` connections; fails with `why` after [`WAIT`].
+async fn wait_for_connections(pool: &Pool<u32>, n: usize, why: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
-    while pool.stats().connections > 1 {
+    while pool.stats().connections > n {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "surplus idle connections were not closed: {:?}",
+            "{why}: {:?}",
             pool.stats()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The one left is still usable without a new connection.
+}
+
+/// Runs one more echo tunnel through `pool`; returns how many connections it had to open.
+async fn one_more_tunnel(pool: &Pool<u32>, addr: SocketAddr, calls: &Arc<AtomicUsize>) -> usize {
     let before = calls.load(Ordering::SeqCst);
-    let client = pool.get(1, tcp_connect(addr, &calls)).await.unwrap();
-    let mut stream = client.connect(dst(1), HeaderMap::new()).await.unwrap();
+    let mut stream = open_streams(pool, addr, calls, 1).await.remove(0);
     assert_eq!(roundtrip(&mut stream, b"again").await, b"again");
-    assert_eq!(calls.load(Ordering::SeqCst), before);
-    assert_eq!(pool.stats().connections, 1);
+    calls.load(Ordering::SeqCst) - before
 }
 
 /// A connection that once carried a burst keeps h2's stream tables at the burst's size, so
@@ -842,30 +861,14 @@ async fn pool_closes_surplus_idle_connections_after_a_burst() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_closes_a_grown_connection_once_idle() {
     let (pool, addr, calls) = pool_with_stream_limit(1000).await;
-    let mut held = Vec::new();
-    for _ in 0..=pool::KEEP_PEAK {
-        let client = pool.get(1, tcp_connect(addr, &calls)).await.unwrap();
-        held.push(client.connect(dst(1), HeaderMap::new()).await.unwrap());
-    }
+    let held = open_streams(&pool, addr, &calls, pool::KEEP_PEAK + 1).await;
     assert_eq!(
         pool.stats().connections,
         1,
         "one connection carries them all"
     );
     drop(held);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while pool.stats().connections > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the grown idle connection was kept: {:?}",
-            pool.stats()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_connections(&pool, 0, "the grown idle connection was kept").await;
     // The next tunnel gets a fresh connection.
-    let before = calls.load(Ordering::SeqCst);
-    let client = pool.get(1, tcp_connect(addr, &calls)).await.unwrap();
-    let mut stream = client.connect(dst(1), HeaderMap::new()).await.unwrap();
-    assert_eq!(roundtrip(&mut stream, b"fresh").await, b"fresh");
-    assert_eq!(calls.load(Ordering::SeqCst), before + 1);
+    assert_eq!(one_more_tunnel(&pool, addr, &calls).await, 1);
 }
