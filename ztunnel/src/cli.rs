@@ -61,7 +61,9 @@ pub fn main() -> anyhow::Result<()> {
             if let Some(n) = workers {
                 rt.worker_threads(n);
             }
-            rt.build()?.block_on(crate::app::run(&config, &node))
+            let result = rt.build()?.block_on(crate::app::run(&config, &node));
+            crate::telemetry::flush();
+            result
         }
         Command::UninstallCapture { config, node } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
