@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -930,6 +930,40 @@ fn app_sees_its_intended_peer(capture: Capture) {
     }
 }
 
+/// Apps whose server speaks first (SMTP, MySQL) give ztunnel nothing to send with the CONNECT
+/// request: the greeting still comes through, then the client's answer, same-node and across
+/// nodes.
+fn server_speaks_first(capture: Capture) {
+    let m = Mesh::start(capture, Opts::default());
+    for server in ["b", "c"] {
+        let listener = m
+            .pod(server)
+            .listen(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 8025)))
+            .expect("listen in the server pod");
+        let served = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+            let (mut s, _) = listener.accept()?;
+            s.set_read_timeout(Some(TIMEOUT))?;
+            s.write_all(b"220 ready\r\n")?;
+            let mut got = Vec::new();
+            s.read_to_end(&mut got)?;
+            Ok(got)
+        });
+        let mut c = m
+            .pod("a")
+            .connect(m.pod(server).addr_v4(8025), TIMEOUT)
+            .expect("a connects");
+        c.set_read_timeout(Some(TIMEOUT)).expect("read timeout");
+        let mut greeting = [0u8; 11];
+        c.read_exact(&mut greeting)
+            .unwrap_or_else(|e| panic!("no greeting from {server}: {e}"));
+        assert_eq!(&greeting, b"220 ready\r\n");
+        c.write_all(b"HELO a\r\n").expect("answer");
+        c.shutdown(std::net::Shutdown::Write).expect("half-close");
+        let got = served.join().expect("server thread").expect("server side");
+        assert_eq!(got, b"HELO a\r\n", "what {server} received");
+    }
+}
+
 /// A pod on the same node that is not enrolled keeps plain networking both ways, and ztunnel
 /// neither sees nor counts its connections.
 fn non_enrolled_pod_is_untouched(capture: Capture) {
@@ -1499,6 +1533,7 @@ under_both_backends!(
     one_gibibyte_arrives_byte_exact,
     sigterm_drains_open_connections,
     app_sees_its_intended_peer,
+    server_speaks_first,
     non_enrolled_pod_is_untouched,
     enroll_and_unenroll_a_live_pod,
     ten_thousand_connections_through_capture,

@@ -65,7 +65,7 @@ fn handle(
         else {
             return;
         };
-        let (outcome, moved) = match &mut upstream {
+        let (outcome, mut moved) = match &mut upstream {
             Upstream::Tunnel(s) => copy::bidirectional(&mut downstream, s, &pod.cancel).await,
             // The splice state (pipes, its user-space phase) is about twice the copy's: boxed,
             // so tunnelled connections, the many, do not carry its size in their tasks.
@@ -73,6 +73,7 @@ fn handle(
                 Box::pin(splice::bidirectional(&mut downstream, s, &pod.cancel)).await
             }
         };
+        moved.received += u64::from(summary.early);
         summary.entry(&pod).finished(guard, outcome, moved);
     }
 }
@@ -94,6 +95,9 @@ struct Summary {
     dst_identity: Option<Identity>,
     mtls: bool,
     start: Instant,
+    /// The app's bytes sent with the CONNECT request, before the copy started (at most 4 KiB;
+    /// a u32 fits beside `mtls` where a u64 would grow every tunnelled connection's task).
+    early: u32,
 }
 
 impl Summary {
@@ -188,14 +192,22 @@ async fn establish(
         mtls,
     );
     let connected = match &route {
-        Route::Hbone { workload, .. } => {
-            tunnel::open(ctx, pod, peer, src.as_deref(), workload, target)
-                .await
-                .map(Upstream::Tunnel)
-        }
-        Route::Passthrough { .. } => passthrough(ctx, pod, target).await.map(Upstream::Tcp),
+        Route::Hbone { workload, .. } => tunnel::open(
+            ctx,
+            pod,
+            &downstream,
+            peer,
+            src.as_deref(),
+            workload,
+            target,
+        )
+        .await
+        .map(|(stream, early)| (Upstream::Tunnel(stream), early)),
+        Route::Passthrough { .. } => passthrough(ctx, pod, target)
+            .await
+            .map(|s| (Upstream::Tcp(s), 0)),
     };
-    let summary = Summary {
+    let mut summary = Summary {
         src: peer,
         dst: target,
         dst_workload,
@@ -203,8 +215,9 @@ async fn establish(
         dst_identity,
         mtls,
         start,
+        early: 0,
     };
-    let upstream = match connected {
+    let (upstream, early) = match connected {
         Ok(u) => u,
         Err(err) => {
             ctx.metrics
@@ -213,6 +226,7 @@ async fn establish(
             return None;
         }
     };
+    summary.early = early;
     let guard = ctx.metrics.connection(labels);
     Some(Established {
         downstream,

@@ -119,6 +119,43 @@ async fn echo_through_tunnel_carries_authority_and_headers() {
     assert_eq!(client.active_streams(), 0);
 }
 
+#[tokio::test]
+async fn early_bytes_leave_with_the_request_before_the_answer() {
+    // A bare h2 server that reads the stream before it answers: the bytes must already be
+    // there, and the tunnel must carry them first, ahead of what is written later.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut conn = h2::server::handshake(tcp).await.unwrap();
+        let (request, mut respond) = conn.accept().await.unwrap().unwrap();
+        tokio::spawn(async move { while conn.accept().await.is_some() {} });
+        let mut body = request.into_body();
+        let before_answer = body.data().await.unwrap().unwrap();
+        let ok = http::Response::builder().status(200).body(()).unwrap();
+        let mut send = respond.send_response(ok, false).unwrap();
+        let mut rest = Vec::new();
+        while let Some(chunk) = body.data().await {
+            rest.extend_from_slice(&chunk.unwrap());
+        }
+        send.send_data(Bytes::new(), true).unwrap();
+        (before_answer, rest)
+    });
+    let client = client(addr, &Settings::default()).await;
+    let mut stream = tokio::time::timeout(
+        WAIT,
+        client.connect_with(dst(80), HeaderMap::new(), Bytes::from_static(b"early")),
+    )
+    .await
+    .expect("answered in time")
+    .unwrap();
+    stream.write_all(b" and later").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let (before_answer, rest) = tokio::time::timeout(WAIT, server).await.unwrap().unwrap();
+    assert_eq!(&before_answer[..], b"early");
+    assert_eq!(rest, b" and later");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_256_mib_byte_exact_in_one_stream() {
     const BLOCK: usize = 1024 * 1024;

@@ -1,10 +1,15 @@
 //! Opening an HBONE tunnel from a local pod to a mesh workload.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
 use http::HeaderValue;
+use nix::sys::socket::MsgFlags;
 use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
 
 use super::PoolKey;
 use crate::hbone;
@@ -14,14 +19,20 @@ use crate::proxy::{Context, Error, Fault, Kind};
 use crate::state::Workload;
 use crate::tls;
 
+/// Most of the app's first bytes sent with the CONNECT request; the rest follow in the copy.
+const EARLY: usize = 4096;
+
+/// Opens the tunnel for `downstream`'s connection. Returns it with the count of the app's
+/// bytes already sent through it (read from `downstream` and sent with the request).
 pub async fn open(
     ctx: &Arc<Context>,
     pod: &Arc<Pod>,
+    downstream: &TcpStream,
     client: SocketAddr,
     src: Option<&Workload>,
     dst: &Arc<Workload>,
     target: SocketAddr,
-) -> Result<hbone::Stream, Error> {
+) -> Result<(hbone::Stream, u32), Error> {
     let dst_id = dst.identity(&ctx.config.trust_domain);
     let src_ip = pod
         .ips
@@ -58,13 +69,35 @@ pub async fn open(
     if let Some(value) = src.and_then(|w| HeaderValue::from_str(&baggage(w)).ok()) {
         headers.insert(hbone::headers::BAGGAGE, value);
     }
-    client_conn.connect(target, headers).await.map_err(|e| {
-        Error::new(
-            Kind::Hbone,
-            Fault::Upstream,
-            format!("CONNECT {target} via {peer}: {e}"),
-        )
-    })
+    let early = early_data(downstream);
+    let sent = u32::try_from(early.len()).expect("at most EARLY bytes are read early");
+    match client_conn.connect_with(target, headers, early).await {
+        Ok(stream) => Ok((stream, sent)),
+        Err(e) => {
+            if sent > 0 {
+                // The app's bytes were taken from its socket: closing it plainly would now
+                // look like a clean end to the app, where unread bytes made it a reset.
+                let _ = socket2::SockRef::from(downstream).set_linger(Some(Duration::ZERO));
+            }
+            Err(Error::new(
+                Kind::Hbone,
+                Fault::Upstream,
+                format!("CONNECT {target} via {peer}: {e}"),
+            ))
+        }
+    }
+}
+
+/// What the app has already sent (client-speaks-first protocols such as HTTP send at once),
+/// taken without waiting: sent with the CONNECT, it saves the destination a round trip and
+/// the tunnel a write. An app that waits for the server to speak first costs one `recv`
+/// that finds nothing. EOF and errors are left for the copy to find.
+fn early_data(downstream: &TcpStream) -> Bytes {
+    let mut buf = [0u8; EARLY];
+    match nix::sys::socket::recv(downstream.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+        Ok(n) if n > 0 => Bytes::copy_from_slice(&buf[..n]),
+        _ => Bytes::new(),
+    }
 }
 
 async fn connect_tls(
