@@ -348,15 +348,29 @@ impl Bench {
         self.samples.add("memory/idle/mesh", idle as f64 / 1e6);
         let idle_parts = self.rss_parts(pid, "idle")?;
         let n = self.opts.idle_connections;
+        let half = n / 2;
         let path = &self.hbone[0];
-        let conns = load::open_idle(&self.client, path.addr, n)
-            .with_context(|| format!("opening {n} idle connections"))?;
+        // In two halves: what the second half adds is the memory of one more connection, while
+        // the growth from idle also holds what the first connections paid once (code run for
+        // the first time, the pooled HBONE connections' TLS and HTTP/2 state).
+        let mut conns = load::open_idle(&self.client, path.addr, half)
+            .with_context(|| format!("opening {half} idle connections"))?;
+        std::thread::sleep(Duration::from_secs(1));
+        let at_half = proc::rss_bytes(pid)?;
+        conns.extend(
+            load::open_idle(&self.client, path.addr, n - half)
+                .with_context(|| format!("opening {} more idle connections", n - half))?,
+        );
         std::thread::sleep(Duration::from_secs(1));
         let held = proc::rss_bytes(pid)?;
         self.samples.add("memory/held/mesh", held as f64 / 1e6);
         let held_parts = self.rss_parts(pid, "held")?;
         self.samples.add(
             "memory/per_connection/mesh",
+            (held as f64 - at_half as f64) / (n - half) as f64,
+        );
+        self.samples.add(
+            "memory/growth_per_connection/mesh",
             (held as f64 - idle as f64) / n as f64,
         );
         drop(conns);
@@ -532,11 +546,22 @@ impl Bench {
         ));
         rows.push(row(
             node.clone(),
-            "resident memory per idle connection (both ends)",
+            &format!(
+                "resident memory per idle connection (both ends; added by the second {})",
+                n - n / 2
+            ),
             "bytes",
             None,
             "memory/per_connection/mesh".into(),
             Compare::AtMost(4096.0),
+        ));
+        rows.push(row(
+            node.clone(),
+            &format!("resident growth from idle per connection (all {n}, one-time costs included)"),
+            "bytes",
+            None,
+            "memory/growth_per_connection/mesh".into(),
+            Compare::None,
         ));
         rows.push(row(
             node.clone(),
