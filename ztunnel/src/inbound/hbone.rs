@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 use super::deliver;
 use super::tracker::Registration;
@@ -107,26 +106,28 @@ fn tunnel(
     // boxed, it is freed once connected. It is built here, outside the task's own future, so
     // that the request is not also kept in the task for the life of the connection (an async
     // fn keeps a slot for each argument even after moving it on).
-    let setup = {
-        let (ctx, pod, peer_id) = (ctx.clone(), pod.clone(), peer_id.clone());
+    let setup =
         Box::pin(
             async move { establish(&ctx, &pod, incoming, target, peer, &peer_id, start).await },
-        )
-    };
+        );
     async move {
         // Destructured in the pattern: a binding of the whole struct would take its own slot.
+        // Everything the end of the connection reports is in the registration, shared with the
+        // tracker, not in slots of this task.
         let Some(Established {
             mut downstream,
             mut upstream,
-            cancel,
-            _registration,
+            conn,
             guard,
         }) = setup.await
         else {
             return;
         };
-        let (outcome, moved) = copy::bidirectional(&mut downstream, &mut upstream, &cancel).await;
-        entry(&pod, peer, &peer_id, target, start).finished(guard, outcome, moved);
+        let (outcome, moved) =
+            copy::bidirectional(&mut downstream, &mut upstream, &conn.cancel).await;
+        let src_identity = conn.src_identity.as_deref();
+        entry(&conn.pod, conn.src, src_identity, conn.dst, conn.start)
+            .finished(guard, outcome, moved);
     }
 }
 
@@ -134,8 +135,7 @@ fn tunnel(
 struct Established {
     downstream: hbone::Stream,
     upstream: TcpStream,
-    cancel: CancellationToken,
-    _registration: Registration,
+    conn: Registration,
     guard: ConnectionGuard,
 }
 
@@ -143,7 +143,7 @@ struct Established {
 fn entry<'a>(
     pod: &'a Pod,
     peer: SocketAddr,
-    peer_id: &'a Identity,
+    peer_id: Option<&'a Identity>,
     target: SocketAddr,
     start: Instant,
 ) -> Entry<'a> {
@@ -151,7 +151,7 @@ fn entry<'a>(
         direction: "inbound",
         src: peer,
         src_workload: None,
-        src_identity: Some(peer_id),
+        src_identity: peer_id,
         dst: target,
         dst_workload: Some(&pod.uid.0),
         dst_service: None,
@@ -173,7 +173,7 @@ async fn establish(
     start: Instant,
 ) -> Option<Established> {
     let snap = ctx.store.load();
-    let summary = entry(pod, peer, peer_id, target, start);
+    let summary = entry(pod, peer, Some(peer_id), target, start);
     if !pod.ips.contains(&target.ip()) {
         ctx.metrics.inc_inbound_rejected(RejectReason::Authority);
         summary.failed(&Error::new(
@@ -226,20 +226,14 @@ async fn establish(
             return None;
         }
     };
-    let cancel = pod.cancel.child_token();
-    let _registration = ctx.tracker.register(
-        pod.clone(),
-        Some(peer_id.clone()),
-        peer,
-        target.port(),
-        cancel.clone(),
-    );
+    let conn = ctx
+        .tracker
+        .register(pod.clone(), Some(peer_id.clone()), peer, target, start);
     let guard = ctx.metrics.connection(labels);
     Some(Established {
         downstream,
         upstream,
-        cancel,
-        _registration,
+        conn,
         guard,
     })
 }

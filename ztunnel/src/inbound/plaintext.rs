@@ -98,12 +98,10 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
         }
     };
     drop(snap);
-    let cancel = pod.cancel.child_token();
-    let _registration = ctx
-        .tracker
-        .register(pod.clone(), None, peer, orig.port(), cancel.clone());
+    let conn = ctx.tracker.register(pod.clone(), None, peer, orig, start);
     let guard = ctx.metrics.connection(labels);
-    let (outcome, moved) = splice::bidirectional(&mut downstream, &mut upstream, &cancel).await;
+    let (outcome, moved) =
+        splice::bidirectional(&mut downstream, &mut upstream, &conn.cancel).await;
     summary.finished(guard, outcome, moved);
 }
 

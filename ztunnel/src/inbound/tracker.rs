@@ -2,8 +2,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -11,13 +13,20 @@ use crate::identity::Identity;
 use crate::pod::Pod;
 use crate::state::{peer_authn, MtlsMode, Snapshot};
 
-/// Shared handles only: one entry per open inbound connection, so it stays small.
-struct Entry {
-    pod: Arc<Pod>,
-    src_identity: Option<Arc<Identity>>,
-    src: SocketAddr,
-    dst_port: u16,
-    cancel: CancellationToken,
+/// One open inbound connection: what its access log line and a policy re-check need, and the
+/// token that closes it. The connection's task and the tracker's table share this one record
+/// (the task keeps only its `Registration`), instead of each keeping its own copies.
+pub struct Conn {
+    pub pod: Arc<Pod>,
+    pub src_identity: Option<Arc<Identity>>,
+    pub src: SocketAddr,
+    /// The destination the client asked for (the tunnel's authority, or the original
+    /// destination of a plaintext connection).
+    pub dst: SocketAddr,
+    pub start: Instant,
+    pub cancel: CancellationToken,
+    id: u64,
+    tracker: Arc<Inner>,
 }
 
 /// Below this many slots the table is not worth shrinking.
@@ -31,19 +40,25 @@ pub struct Tracker {
 #[derive(Default)]
 struct Inner {
     next: AtomicU64,
-    live: Mutex<HashMap<u64, Entry>>,
+    live: Mutex<HashMap<u64, Arc<Conn>>>,
 }
 
-/// Removes its connection from the tracker when the connection ends.
-pub struct Registration {
-    inner: Arc<Inner>,
-    id: u64,
+/// A connection's place in the tracker, held by its task; dropping it (the connection ended)
+/// removes the connection.
+pub struct Registration(Arc<Conn>);
+
+impl Deref for Registration {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        &self.0
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Ok(mut live) = self.inner.live.lock() {
-            live.remove(&self.id);
+        if let Ok(mut live) = self.0.tracker.live.lock() {
+            live.remove(&self.0.id);
             // A map never shrinks by itself: after a burst of connections it would keep the
             // burst's table for good.
             let len = live.len();
@@ -55,29 +70,31 @@ impl Drop for Registration {
 }
 
 impl Tracker {
+    /// Tracks a connection of `pod` until the returned registration is dropped; its token is a
+    /// child of the pod's, so stopping the pod closes it too.
     pub fn register(
         &self,
         pod: Arc<Pod>,
         src_identity: Option<Arc<Identity>>,
         src: SocketAddr,
-        dst_port: u16,
-        cancel: CancellationToken,
+        dst: SocketAddr,
+        start: Instant,
     ) -> Registration {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        let entry = Entry {
+        let conn = Arc::new(Conn {
+            cancel: pod.cancel.child_token(),
             pod,
             src_identity,
             src,
-            dst_port,
-            cancel,
-        };
-        if let Ok(mut live) = self.inner.live.lock() {
-            live.insert(id, entry);
-        }
-        Registration {
-            inner: self.inner.clone(),
+            dst,
+            start,
             id,
+            tracker: self.inner.clone(),
+        });
+        if let Ok(mut live) = self.inner.live.lock() {
+            live.insert(id, conn.clone());
         }
+        Registration(conn)
     }
 
     pub fn len(&self) -> usize {
@@ -106,9 +123,10 @@ impl Tracker {
                 && peer_authn::mode_for(&snap.peer_authentications, w, root_namespace)
                     == MtlsMode::Strict;
             let denied = strict_violation
-                || super::authorize(snap, w, e.src_identity.as_deref(), e.src, e.dst_port).is_err();
+                || super::authorize(snap, w, e.src_identity.as_deref(), e.src, e.dst.port())
+                    .is_err();
             if denied {
-                tracing::info!(workload = %e.pod.uid, src = %e.src, port = e.dst_port, "closing connection no longer allowed by policy");
+                tracing::info!(workload = %e.pod.uid, src = %e.src, port = e.dst.port(), "closing connection no longer allowed by policy");
                 e.cancel.cancel();
                 closed += 1;
             }
