@@ -134,3 +134,51 @@ impl Tracker {
         closed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netns::testing::{require_root_and_tools, Namespace};
+    use crate::state::WorkloadUid;
+
+    #[test]
+    fn a_connection_is_tracked_until_its_registration_drops_and_closes_with_its_pod() {
+        require_root_and_tools();
+        let ns = Namespace::new("tracker");
+        let pod = Arc::new(Pod {
+            uid: WorkloadUid("default/a".into()),
+            identity: "spiffe://cluster.local/ns/default/sa/a".parse().unwrap(),
+            ips: vec!["10.0.0.1".parse().unwrap()],
+            netns: ns.open(),
+            cancel: CancellationToken::new(),
+            capture: None,
+        });
+        let tracker = Tracker::default();
+        let peer: Arc<Identity> =
+            Arc::new("spiffe://cluster.local/ns/default/sa/b".parse().unwrap());
+        let src: SocketAddr = "10.0.0.2:40000".parse().unwrap();
+        let dst: SocketAddr = "10.0.0.1:8080".parse().unwrap();
+        let first = tracker.register(pod.clone(), Some(peer.clone()), src, dst, Instant::now());
+        let second = tracker.register(pod.clone(), None, src, dst, Instant::now());
+        assert_eq!(tracker.len(), 2);
+        // The task reads what it reports from the same record the table holds.
+        assert_eq!((first.src, first.dst), (src, dst));
+        assert_eq!(first.src_identity.as_deref(), Some(peer.as_ref()));
+        assert_eq!(
+            Arc::strong_count(&first.0),
+            2,
+            "one record, in the task and the table"
+        );
+
+        drop(first);
+        assert_eq!(tracker.len(), 1);
+        assert!(!second.cancel.is_cancelled());
+        pod.cancel.cancel();
+        assert!(
+            second.cancel.is_cancelled(),
+            "stopping the pod closes its connections"
+        );
+        drop(second);
+        assert!(tracker.is_empty());
+    }
+}
