@@ -12,7 +12,7 @@ use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
 
 use crate::config::LogFormat;
 
-pub use output::Output;
+use output::Output;
 
 /// The process's log output, started by the first `init`.
 static OUTPUT: OnceLock<Output> = OnceLock::new();

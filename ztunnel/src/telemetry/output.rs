@@ -54,6 +54,8 @@ struct State {
     /// syscall).
     idle: bool,
     flush: bool,
+    /// Callers of `flush` waiting on `written` (the output thread signals only then).
+    flushing: usize,
 }
 
 impl Output {
@@ -92,12 +94,14 @@ impl Output {
         let mut state = self.shared.lock();
         let target = state.appended;
         state.flush = true;
+        state.flushing += 1;
         self.shared.wake.notify_one();
-        let (_state, _timeout) = self
+        let (mut state, _timeout) = self
             .shared
             .written
             .wait_timeout_while(state, FLUSH_WAIT, |s| s.written < target)
             .expect("the log state lock is never held across a panic");
+        state.flushing -= 1;
     }
 }
 
@@ -145,8 +149,11 @@ impl Shared {
 
             let mut state = self.lock();
             state.written = upto;
+            let flushing = state.flushing > 0;
             drop(state);
-            self.written.notify_all();
+            if flushing {
+                self.written.notify_all();
+            }
         }
     }
 }
