@@ -37,7 +37,8 @@ pub struct Options {
     pub latency_duration: Duration,
     /// Idle proxied connections held open for the memory measurement.
     pub idle_connections: usize,
-    /// Groups to measure (latency, connections, throughput, memory); empty means all.
+    /// Groups to measure (latency, connections, throughput, memory; `passthrough` is the
+    /// passthrough half of throughput); empty means all.
     pub only: Vec<String>,
 }
 
@@ -279,10 +280,14 @@ impl Bench {
                 Self::connections(&self.client, &mut self.samples, d, mode, path, &pids)?;
             }
         }
-        if !self.opts.measures("throughput") {
+        let hbone: &[Path] = if self.opts.measures("throughput") {
+            &self.hbone
+        } else if self.opts.measures("passthrough") {
+            &[]
+        } else {
             return Ok(());
-        }
-        for path in self.hbone.iter().chain(&self.passthrough) {
+        };
+        for path in hbone.iter().chain(&self.passthrough) {
             let pids = ztunnel_pids(daemons, path);
             for streams in [1, 8] {
                 let addr = SocketAddr::new(path.addr.ip(), IPERF_PORT);

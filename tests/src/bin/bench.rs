@@ -31,9 +31,10 @@ struct Args {
     /// process, so each costs it two descriptors: mind the open-file limit).
     #[arg(long, default_value_t = 4000)]
     idle_connections: usize,
-    /// Measure only these groups (comma-separated: latency, connections, throughput, memory);
-    /// rows of the others show "–". For quick before/after checks of one optimisation.
-    #[arg(long, value_delimiter = ',', value_parser = ["latency", "connections", "throughput", "memory"])]
+    /// Measure only these groups (comma-separated: latency, connections, throughput, memory,
+    /// or passthrough: the passthrough half of throughput); rows of the others show "–". For
+    /// quick before/after checks of one optimisation.
+    #[arg(long, value_delimiter = ',', value_parser = ["latency", "connections", "throughput", "passthrough", "memory"])]
     only: Vec<String>,
 }
 
