@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 
 use ztunnel::authz::{Action, Connection, Index, Operation, Policy, Rule, Scope, Source};
 use ztunnel::identity::Identity;
-use ztunnel::metrics::{ConnectionLabels, Metrics, Reporter};
+use ztunnel::metrics::{Endpoints, Metrics, Reporter};
 use ztunnel::outbound::route;
 use ztunnel::state::{Protocol, Service, ServicePort, Snapshot, Workload, WorkloadUid};
 
@@ -173,33 +173,23 @@ fn metrics_labels(c: &mut Criterion) {
     };
     let metrics = Metrics::new();
     let mut g = c.benchmark_group("metrics");
+    let endpoints = |reporter| Endpoints {
+        reporter,
+        src: Some(&src),
+        src_identity: Some(&src_id),
+        dst: Some(&dst),
+        dst_identity: Some(&dst_id),
+        service: Some(&svc),
+        mtls: true,
+    };
     g.bench_function("ConnectionLabels::new", |b| {
-        b.iter(|| {
-            black_box(ConnectionLabels::new(
-                Reporter::Source,
-                Some(&src),
-                Some(&src_id),
-                Some(&dst),
-                Some(&dst_id),
-                Some(&svc),
-                true,
-            ))
-        })
+        b.iter(|| black_box(endpoints(Reporter::Source).labels()))
     });
     g.bench_function(
         "labels + connection guard (open, 2 byte adds, close)",
         |b| {
             b.iter(|| {
-                let labels = ConnectionLabels::new(
-                    Reporter::Destination,
-                    Some(&src),
-                    Some(&src_id),
-                    Some(&dst),
-                    Some(&dst_id),
-                    Some(&svc),
-                    true,
-                );
-                let guard = metrics.connection(labels);
+                let guard = metrics.connection(black_box(endpoints(Reporter::Destination)));
                 guard.add_received(1024);
                 guard.add_sent(1024);
                 drop(black_box(guard));

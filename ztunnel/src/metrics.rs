@@ -5,11 +5,12 @@ pub mod connection;
 pub mod labels;
 
 pub use connection::ConnectionGuard;
-pub use labels::{ConnectionLabels, Reporter, ResponseFlags, SecurityPolicy};
+pub use labels::{ConnectionLabels, Endpoints, Reporter, ResponseFlags, SecurityPolicy};
 
-use std::collections::HashMap;
+use std::hash::RandomState;
 use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 
+use hashbrown::HashTable;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -223,9 +224,11 @@ pub struct Metrics {
     failed: Family<ConnectionLabels, Counter>,
     sent_bytes: Family<ConnectionLabels, Counter>,
     received_bytes: Family<ConnectionLabels, Counter>,
-    /// The counters of the four families above by label set, so opening a connection hashes
-    /// its labels once; entries live as long as the families' own (which never drop any).
-    connections: RwLock<HashMap<ConnectionLabels, connection::Counters>>,
+    /// The counters of the four families above by label set, found from a connection's
+    /// [`Endpoints`] without spelling its labels out; entries live as long as the families'
+    /// own (which never drop any).
+    connections: RwLock<HashTable<Series>>,
+    series_hasher: RandomState,
     certificates: Gauge,
     certificate_expiry: Family<IdentityLabels, Gauge>,
     certificate_renewals: Counter,
@@ -233,6 +236,13 @@ pub struct Metrics {
     pool_streams: Gauge,
     inbound_rejected: Family<RejectLabels, Counter>,
     ebpf: EbpfMetrics,
+}
+
+/// One label set of the connection families and its counters.
+#[derive(Debug)]
+struct Series {
+    labels: ConnectionLabels,
+    counters: connection::Counters,
 }
 
 impl Default for Metrics {
@@ -330,6 +340,7 @@ impl Metrics {
             sent_bytes,
             received_bytes,
             connections: RwLock::default(),
+            series_hasher: RandomState::new(),
             certificates,
             certificate_expiry,
             certificate_renewals,
@@ -347,27 +358,44 @@ impl Metrics {
     }
 
     /// Counts a connection as opened; the guard counts its bytes and its close.
-    pub fn connection(&self, labels: ConnectionLabels) -> ConnectionGuard {
+    pub fn connection(&self, endpoints: Endpoints<'_>) -> ConnectionGuard {
+        let hash = endpoints.key_hash(&self.series_hasher);
         let known = self
             .connections
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&labels)
-            .cloned();
+            .find(hash, |s| s.labels.describes(&endpoints))
+            .map(|s| s.counters.clone());
         let counters = match known {
             Some(c) => c,
-            None => self
-                .connections
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(labels)
-                .or_insert_with_key(|labels| connection::Counters {
-                    opened: self.opened.get_or_create_owned(labels),
-                    sent: self.sent_bytes.get_or_create_owned(labels),
-                    received: self.received_bytes.get_or_create_owned(labels),
-                    closed: self.closed.get_or_create_owned(labels),
-                })
-                .clone(),
+            None => {
+                let mut series = self
+                    .connections
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
+                match series.find(hash, |s| s.labels.describes(&endpoints)) {
+                    Some(s) => s.counters.clone(),
+                    None => {
+                        let labels = endpoints.labels();
+                        let counters = connection::Counters {
+                            opened: self.opened.get_or_create_owned(&labels),
+                            sent: self.sent_bytes.get_or_create_owned(&labels),
+                            received: self.received_bytes.get_or_create_owned(&labels),
+                            closed: self.closed.get_or_create_owned(&labels),
+                        };
+                        let hasher = &self.series_hasher;
+                        series.insert_unique(
+                            hash,
+                            Series {
+                                labels,
+                                counters: counters.clone(),
+                            },
+                            |s| s.labels.key_hash(hasher),
+                        );
+                        counters
+                    }
+                }
+            }
         };
         counters.opened.inc();
         ConnectionGuard {
@@ -379,10 +407,10 @@ impl Metrics {
 
     /// Counts a connection that never carried traffic (denied, or upstream unreachable). It is
     /// not counted as opened or closed, so `opened - closed` stays the number of live connections.
-    pub fn connection_failed(&self, labels: ConnectionLabels, flags: ResponseFlags) {
+    pub fn connection_failed(&self, endpoints: Endpoints<'_>, flags: ResponseFlags) {
         let labels = ConnectionLabels {
             response_flags: flags,
-            ..labels
+            ..endpoints.labels()
         };
         self.failed.get_or_create(&labels).inc();
     }

@@ -13,7 +13,7 @@ use std::time::Instant;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::identity::Identity;
-use crate::metrics::{ConnectionGuard, ConnectionLabels, Reporter, ResponseFlags};
+use crate::metrics::{ConnectionGuard, Endpoints, Reporter, ResponseFlags};
 use crate::pod::Pod;
 use crate::proxy::access::Entry;
 use crate::proxy::{copy, splice};
@@ -148,17 +148,17 @@ async fn establish(
     let route = match route {
         Ok(r) => r,
         Err(e) => {
-            let labels = ConnectionLabels::new(
-                Reporter::Source,
-                src.as_deref(),
-                Some(&pod.identity),
-                None,
-                None,
-                None,
-                false,
-            );
+            let endpoints = Endpoints {
+                reporter: Reporter::Source,
+                src: src.as_deref(),
+                src_identity: Some(&pod.identity),
+                dst: None,
+                dst_identity: None,
+                service: None,
+                mtls: false,
+            };
             ctx.metrics
-                .connection_failed(labels, ResponseFlags::Connect);
+                .connection_failed(endpoints, ResponseFlags::Connect);
             tracing::info!(target: "access", direction = "outbound", src.addr = %peer, src.workload = %pod.uid, dst.addr = %orig, error = %e, "connection failed");
             return None;
         }
@@ -182,23 +182,16 @@ async fn establish(
         .as_ref()
         .filter(|_| mtls)
         .map(|w| w.identity(&ctx.config.trust_domain));
-    let labels = ConnectionLabels::new(
-        Reporter::Source,
-        src.as_deref(),
-        Some(&pod.identity),
-        dst_workload.as_deref(),
-        dst_identity.as_ref(),
-        service.as_deref(),
-        mtls,
-    );
     let connected = match &route {
-        Route::Hbone { workload, .. } => tunnel::open(
+        Route::Hbone { .. } => tunnel::open(
             ctx,
             pod,
             &downstream,
             peer,
             src.as_deref(),
-            workload,
+            dst_identity
+                .as_ref()
+                .expect("an HBONE route has a destination workload, hence an identity"),
             target,
         )
         .await
@@ -217,17 +210,26 @@ async fn establish(
         start,
         early: 0,
     };
+    let endpoints = Endpoints {
+        reporter: Reporter::Source,
+        src: src.as_deref(),
+        src_identity: Some(&pod.identity),
+        dst: summary.dst_workload.as_deref(),
+        dst_identity: summary.dst_identity.as_ref(),
+        service: summary.service.as_deref(),
+        mtls,
+    };
     let (upstream, early) = match connected {
         Ok(u) => u,
         Err(err) => {
             ctx.metrics
-                .connection_failed(labels.clone(), err.response_flags());
+                .connection_failed(endpoints, err.response_flags());
             summary.entry(pod).failed(&err);
             return None;
         }
     };
+    let guard = ctx.metrics.connection(endpoints);
     summary.early = early;
-    let guard = ctx.metrics.connection(labels);
     Some(Established {
         downstream,
         upstream,

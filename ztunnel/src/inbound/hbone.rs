@@ -13,7 +13,7 @@ use super::deliver;
 use super::tracker::Registration;
 use crate::hbone::{self, Incoming};
 use crate::identity::Identity;
-use crate::metrics::{ConnectionGuard, ConnectionLabels, RejectReason, Reporter};
+use crate::metrics::{ConnectionGuard, Endpoints, RejectReason, Reporter};
 use crate::pod::Pod;
 use crate::proxy::access::Entry;
 use crate::proxy::copy;
@@ -188,19 +188,20 @@ async fn establish(
         let _ = incoming.reject(503);
         return None;
     };
-    let labels = ConnectionLabels::new(
-        Reporter::Destination,
-        snap.workload_by_ip(peer.ip()).map(|w| w.as_ref()),
-        Some(peer_id),
-        Some(&workload),
-        Some(&pod.identity),
-        None,
-        true,
-    );
+    let src = snap.workload_by_ip(peer.ip()).cloned();
+    let endpoints = Endpoints {
+        reporter: Reporter::Destination,
+        src: src.as_deref(),
+        src_identity: Some(peer_id),
+        dst: Some(&workload),
+        dst_identity: Some(&pod.identity),
+        service: None,
+        mtls: true,
+    };
     if let Err(err) = super::authorize(&snap, &workload, Some(peer_id), peer, target.port()) {
         ctx.metrics.inc_inbound_rejected(RejectReason::Policy);
         ctx.metrics
-            .connection_failed(labels.clone(), err.response_flags());
+            .connection_failed(endpoints, err.response_flags());
         summary.failed(&err);
         let _ = incoming.reject(401);
         return None;
@@ -210,7 +211,7 @@ async fn establish(
         Ok(s) => s,
         Err(err) => {
             ctx.metrics
-                .connection_failed(labels.clone(), err.response_flags());
+                .connection_failed(endpoints, err.response_flags());
             summary.failed(&err);
             let _ = incoming.reject(503);
             return None;
@@ -221,7 +222,7 @@ async fn establish(
         Err(e) => {
             let err = Error::new(Kind::Hbone, Fault::Downstream, e);
             ctx.metrics
-                .connection_failed(labels.clone(), err.response_flags());
+                .connection_failed(endpoints, err.response_flags());
             summary.failed(&err);
             return None;
         }
@@ -229,7 +230,7 @@ async fn establish(
     let conn = ctx
         .tracker
         .register(pod.clone(), Some(peer_id.clone()), peer, target, start);
-    let guard = ctx.metrics.connection(labels);
+    let guard = ctx.metrics.connection(endpoints);
     Some(Established {
         downstream,
         upstream,

@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::deliver;
-use crate::metrics::{ConnectionLabels, RejectReason, Reporter};
+use crate::metrics::{Endpoints, RejectReason, Reporter};
 use crate::pod::Pod;
 use crate::proxy::access::Entry;
 use crate::proxy::splice;
@@ -46,15 +46,16 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
         mtls: false,
         start,
     };
-    let labels = ConnectionLabels::new(
-        Reporter::Destination,
-        snap.workload_by_ip(peer.ip()).map(|w| w.as_ref()),
-        None,
-        Some(&workload),
-        Some(&pod.identity),
-        None,
-        false,
-    );
+    let src = snap.workload_by_ip(peer.ip()).cloned();
+    let endpoints = Endpoints {
+        reporter: Reporter::Destination,
+        src: src.as_deref(),
+        src_identity: None,
+        dst: Some(&workload),
+        dst_identity: Some(&pod.identity),
+        service: None,
+        mtls: false,
+    };
     let ports = &ctx.config.listeners;
     let checked = if [ports.outbound, ports.inbound_plaintext, ports.hbone].contains(&orig.port()) {
         // Not redirected: a client dialled a ztunnel port directly. Delivering would loop.
@@ -92,14 +93,15 @@ async fn handle(ctx: Arc<Context>, pod: Arc<Pod>, mut downstream: TcpStream, pee
         Ok(s) => s,
         Err(err) => {
             ctx.metrics
-                .connection_failed(labels.clone(), err.response_flags());
+                .connection_failed(endpoints, err.response_flags());
             summary.failed(&err);
             return;
         }
     };
     drop(snap);
     let conn = ctx.tracker.register(pod.clone(), None, peer, orig, start);
-    let guard = ctx.metrics.connection(labels);
+    let guard = ctx.metrics.connection(endpoints);
+    drop(src);
     let (outcome, moved) =
         splice::bidirectional(&mut downstream, &mut upstream, &conn.cancel).await;
     summary.finished(guard, outcome, moved);

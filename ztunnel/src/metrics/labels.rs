@@ -1,5 +1,7 @@
 //! Istio's standard TCP label set, so existing dashboards and Kiali work unchanged.
 
+use std::hash::{BuildHasher, Hash, Hasher};
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 
 use crate::identity::Identity;
@@ -68,7 +70,7 @@ impl EncodeLabelValue for SecurityPolicy {
 }
 
 /// Labels of the `istio_tcp_*` families; absent values are `"unknown"` as in Istio.
-#[derive(Clone, Debug, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ConnectionLabels {
     pub reporter: Reporter,
 
@@ -99,59 +101,203 @@ pub struct ConnectionLabels {
     pub connection_security_policy: SecurityPolicy,
 }
 
-/// Hashes only the fields that tell connections apart in practice (workloads, identities,
-/// service, outcome); the rest follow from the workloads. Label sets are hashed on every
-/// connection, and SipHash over all 22 strings was most of that cost. Equal label sets still
-/// hash equally, and `Eq` compares every field, so lookups stay exact.
-impl std::hash::Hash for ConnectionLabels {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.reporter.hash(state);
-        self.source_workload.hash(state);
-        self.source_workload_namespace.hash(state);
-        self.source_principal.hash(state);
-        self.destination_service.hash(state);
-        self.destination_workload.hash(state);
-        self.destination_workload_namespace.hash(state);
-        self.destination_principal.hash(state);
-        self.response_flags.hash(state);
-        self.connection_security_policy.hash(state);
+/// What one connection's labels derive from, borrowed from the state and the handshake.
+/// [`crate::metrics::Metrics::connection`] finds the connection's counters by these without
+/// building the label strings (about 20 allocations per label set, two label sets per proxied
+/// connection when one ztunnel holds both ends); they are built only for a new series.
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoints<'a> {
+    pub reporter: Reporter,
+    pub src: Option<&'a Workload>,
+    /// Should be the identity proven in the handshake (not the one the workload is expected
+    /// to have), so a spoofing peer is reported as what it proved.
+    pub src_identity: Option<&'a Identity>,
+    pub dst: Option<&'a Workload>,
+    pub dst_identity: Option<&'a Identity>,
+    pub service: Option<&'a Service>,
+    pub mtls: bool,
+}
+
+/// One side's labels, borrowed: the same values [`ConnectionLabels`] holds as strings.
+#[derive(Clone, Copy)]
+struct PeerRef<'a> {
+    workload: Option<&'a Workload>,
+    identity: Option<&'a Identity>,
+}
+
+impl<'a> PeerRef<'a> {
+    fn workload(self) -> &'a str {
+        self.workload.map_or(UNKNOWN, |w| w.name.as_str())
     }
-}
 
-/// The workload-derived half of the labels, shared by source and destination.
-struct Peer {
-    workload: String,
-    canonical_service: String,
-    canonical_revision: String,
-    namespace: String,
-    principal: String,
-    cluster: String,
-}
+    fn canonical_service(self) -> &'a str {
+        self.workload.map_or(UNKNOWN, canonical_service)
+    }
 
-impl Peer {
-    fn new(workload: Option<&Workload>, identity: Option<&Identity>) -> Self {
-        Peer {
-            workload: workload.map_or_else(unknown, |w| w.name.clone()),
-            canonical_service: workload.map_or_else(unknown, canonical_service),
-            canonical_revision: workload.map_or_else(unknown, canonical_revision),
-            // A peer we only know by its certificate still has a namespace.
-            namespace: workload
-                .map(|w| w.namespace.clone())
-                .or_else(|| identity.map(|i| i.namespace.clone()))
-                .unwrap_or_else(unknown),
-            principal: identity.map_or_else(unknown, Identity::to_string),
-            cluster: if workload.is_some() {
-                CLUSTER.to_string()
-            } else {
-                unknown()
-            },
+    fn canonical_revision(self) -> &'a str {
+        self.workload.map_or(UNKNOWN, canonical_revision)
+    }
+
+    /// A peer we only know by its certificate still has a namespace.
+    fn namespace(self) -> &'a str {
+        self.workload
+            .map(|w| w.namespace.as_str())
+            .or_else(|| self.identity.map(|i| i.namespace.as_str()))
+            .unwrap_or(UNKNOWN)
+    }
+
+    fn principal(self) -> String {
+        self.identity.map_or_else(unknown, Identity::to_string)
+    }
+
+    /// Whether `principal` is what [`PeerRef::principal`] would spell, without spelling it.
+    fn principal_is(self, principal: &str) -> bool {
+        match self.identity {
+            None => principal == UNKNOWN,
+            Some(i) => spells(i, principal),
+        }
+    }
+
+    fn cluster(self) -> &'a str {
+        if self.workload.is_some() {
+            CLUSTER
+        } else {
+            UNKNOWN
         }
     }
 }
 
+/// Whether `s` is `i` written out (`spiffe://<td>/ns/<ns>/sa/<sa>`).
+fn spells(i: &Identity, s: &str) -> bool {
+    (|| {
+        let rest = s
+            .strip_prefix("spiffe://")?
+            .strip_prefix(i.trust_domain.as_str())?;
+        let rest = rest
+            .strip_prefix("/ns/")?
+            .strip_prefix(i.namespace.as_str())?;
+        Some(rest.strip_prefix("/sa/")? == i.service_account)
+    })()
+    .unwrap_or(false)
+}
+
+/// A side's workload, namespace and principal (trust domain, namespace, service account).
+type PeerKey<'a> = (&'a str, &'a str, Option<(&'a str, &'a str, &'a str)>);
+
+/// Feeds the fields that tell label sets apart in practice (workloads, identities, service,
+/// security) to `h`; the rest follow from the workloads. A principal goes in as its three
+/// parts so that borrowed identities and spelled-out principals hash alike. Equal label sets
+/// hash equally, and lookups compare every field, so they stay exact.
+fn hash_key<H: Hasher>(
+    h: &mut H,
+    reporter: Reporter,
+    peers: [PeerKey<'_>; 2],
+    service: &str,
+    mtls: bool,
+) {
+    reporter.hash(h);
+    for (workload, namespace, principal) in peers {
+        workload.hash(h);
+        namespace.hash(h);
+        principal.hash(h);
+    }
+    service.hash(h);
+    mtls.hash(h);
+}
+
+fn identity_parts(i: &Identity) -> (&str, &str, &str) {
+    (&i.trust_domain, &i.namespace, &i.service_account)
+}
+
+/// The inverse of `Identity`'s spelling, for label sets already built.
+fn principal_parts(principal: &str) -> Option<(&str, &str, &str)> {
+    let rest = principal.strip_prefix("spiffe://")?;
+    let (td, rest) = rest.split_once("/ns/")?;
+    let (ns, sa) = rest.split_once("/sa/")?;
+    Some((td, ns, sa))
+}
+
+impl<'a> Endpoints<'a> {
+    fn source(&self) -> PeerRef<'a> {
+        PeerRef {
+            workload: self.src,
+            identity: self.src_identity,
+        }
+    }
+
+    fn destination(&self) -> PeerRef<'a> {
+        PeerRef {
+            workload: self.dst,
+            identity: self.dst_identity,
+        }
+    }
+
+    fn service_hostname(&self) -> &'a str {
+        self.service.map_or(UNKNOWN, |s| s.hostname.as_str())
+    }
+
+    fn security_policy(&self) -> SecurityPolicy {
+        if self.mtls {
+            SecurityPolicy::MutualTls
+        } else {
+            SecurityPolicy::Unknown
+        }
+    }
+
+    /// The label set these endpoints give, spelled out.
+    pub fn labels(&self) -> ConnectionLabels {
+        let (s, d) = (self.source(), self.destination());
+        let (s_service, s_revision) = (s.canonical_service(), s.canonical_revision());
+        let (d_service, d_revision) = (d.canonical_service(), d.canonical_revision());
+        let service = |f: fn(&Service) -> &str| self.service.map_or(UNKNOWN, f).to_string();
+        ConnectionLabels {
+            reporter: self.reporter,
+            source_workload: s.workload().into(),
+            source_canonical_service: s_service.into(),
+            source_canonical_revision: s_revision.into(),
+            source_workload_namespace: s.namespace().into(),
+            source_principal: s.principal(),
+            // Istio's ztunnel reports app/version as the canonical service/revision.
+            source_app: s_service.into(),
+            source_version: s_revision.into(),
+            source_cluster: s.cluster().into(),
+            destination_service: service(|s| &s.hostname),
+            destination_service_namespace: service(|s| &s.namespace),
+            destination_service_name: service(|s| &s.name),
+            destination_workload: d.workload().into(),
+            destination_canonical_service: d_service.into(),
+            destination_canonical_revision: d_revision.into(),
+            destination_workload_namespace: d.namespace().into(),
+            destination_principal: d.principal(),
+            destination_app: d_service.into(),
+            destination_version: d_revision.into(),
+            destination_cluster: d.cluster().into(),
+            request_protocol: "tcp".into(),
+            response_flags: ResponseFlags::None,
+            connection_security_policy: self.security_policy(),
+        }
+    }
+
+    /// The hash under which [`ConnectionLabels::key_hash`] files the label set these give.
+    pub(super) fn key_hash(&self, b: &impl BuildHasher) -> u64 {
+        let (s, d) = (self.source(), self.destination());
+        let mut h = b.build_hasher();
+        hash_key(
+            &mut h,
+            self.reporter,
+            [
+                (s.workload(), s.namespace(), s.identity.map(identity_parts)),
+                (d.workload(), d.namespace(), d.identity.map(identity_parts)),
+            ],
+            self.service_hostname(),
+            self.mtls,
+        );
+        h.finish()
+    }
+}
+
 impl ConnectionLabels {
-    /// `src_identity` should be the identity proven in the handshake (not the one the workload
-    /// is expected to have), so a spoofing peer is reported as what it proved.
+    /// The label set of a connection between these endpoints (see [`Endpoints`]).
     pub fn new(
         reporter: Reporter,
         src: Option<&Workload>,
@@ -161,38 +307,70 @@ impl ConnectionLabels {
         service: Option<&Service>,
         mtls: bool,
     ) -> Self {
-        let s = Peer::new(src, src_identity);
-        let d = Peer::new(dst, dst_identity);
-        ConnectionLabels {
+        Endpoints {
             reporter,
-            // Istio's ztunnel reports app/version as the canonical service/revision.
-            source_app: s.canonical_service.clone(),
-            source_version: s.canonical_revision.clone(),
-            source_workload: s.workload,
-            source_canonical_service: s.canonical_service,
-            source_canonical_revision: s.canonical_revision,
-            source_workload_namespace: s.namespace,
-            source_principal: s.principal,
-            source_cluster: s.cluster,
-            destination_service: service.map_or_else(unknown, |s| s.hostname.clone()),
-            destination_service_namespace: service.map_or_else(unknown, |s| s.namespace.clone()),
-            destination_service_name: service.map_or_else(unknown, |s| s.name.clone()),
-            destination_app: d.canonical_service.clone(),
-            destination_version: d.canonical_revision.clone(),
-            destination_workload: d.workload,
-            destination_canonical_service: d.canonical_service,
-            destination_canonical_revision: d.canonical_revision,
-            destination_workload_namespace: d.namespace,
-            destination_principal: d.principal,
-            destination_cluster: d.cluster,
-            request_protocol: "tcp".to_string(),
-            response_flags: ResponseFlags::None,
-            connection_security_policy: if mtls {
-                SecurityPolicy::MutualTls
-            } else {
-                SecurityPolicy::Unknown
-            },
+            src,
+            src_identity,
+            dst,
+            dst_identity,
+            service,
+            mtls,
         }
+        .labels()
+    }
+
+    /// Whether `e.labels()` would equal these labels (with no response flags), compared field
+    /// by field without building them.
+    pub(super) fn describes(&self, e: &Endpoints<'_>) -> bool {
+        let (s, d) = (e.source(), e.destination());
+        let service = |f: fn(&Service) -> &str| e.service.map_or(UNKNOWN, f);
+        self.reporter == e.reporter
+            && self.response_flags == ResponseFlags::None
+            && self.connection_security_policy == e.security_policy()
+            && self.source_workload == s.workload()
+            && self.source_canonical_service == s.canonical_service()
+            && self.source_canonical_revision == s.canonical_revision()
+            && self.source_workload_namespace == s.namespace()
+            && s.principal_is(&self.source_principal)
+            && self.source_app == s.canonical_service()
+            && self.source_version == s.canonical_revision()
+            && self.source_cluster == s.cluster()
+            && self.destination_service == service(|s| &s.hostname)
+            && self.destination_service_namespace == service(|s| &s.namespace)
+            && self.destination_service_name == service(|s| &s.name)
+            && self.destination_workload == d.workload()
+            && self.destination_canonical_service == d.canonical_service()
+            && self.destination_canonical_revision == d.canonical_revision()
+            && self.destination_workload_namespace == d.namespace()
+            && d.principal_is(&self.destination_principal)
+            && self.destination_app == d.canonical_service()
+            && self.destination_version == d.canonical_revision()
+            && self.destination_cluster == d.cluster()
+            && self.request_protocol == "tcp"
+    }
+
+    /// See [`Endpoints::key_hash`]: equal for labels built from endpoints and the endpoints.
+    pub(super) fn key_hash(&self, b: &impl BuildHasher) -> u64 {
+        let mut h = b.build_hasher();
+        hash_key(
+            &mut h,
+            self.reporter,
+            [
+                (
+                    &self.source_workload,
+                    &self.source_workload_namespace,
+                    principal_parts(&self.source_principal),
+                ),
+                (
+                    &self.destination_workload,
+                    &self.destination_workload_namespace,
+                    principal_parts(&self.destination_principal),
+                ),
+            ],
+            &self.destination_service,
+            self.connection_security_policy == SecurityPolicy::MutualTls,
+        );
+        h.finish()
     }
 }
 
@@ -200,12 +378,13 @@ fn unknown() -> String {
     UNKNOWN.to_string()
 }
 
-fn first_label(w: &Workload, keys: &[&str]) -> Option<String> {
-    keys.iter().find_map(|k| w.labels.get(*k).cloned())
+fn first_label<'a>(w: &'a Workload, keys: &[&str]) -> Option<&'a str> {
+    keys.iter()
+        .find_map(|k| w.labels.get(*k).map(String::as_str))
 }
 
 /// Istio's canonical service: the first of these labels, else the workload name.
-pub fn canonical_service(w: &Workload) -> String {
+pub fn canonical_service(w: &Workload) -> &str {
     first_label(
         w,
         &[
@@ -214,11 +393,11 @@ pub fn canonical_service(w: &Workload) -> String {
             "app",
         ],
     )
-    .unwrap_or_else(|| w.name.clone())
+    .unwrap_or(&w.name)
 }
 
 /// Istio's canonical revision: the first of these labels, else `latest`.
-pub fn canonical_revision(w: &Workload) -> String {
+pub fn canonical_revision(w: &Workload) -> &str {
     first_label(
         w,
         &[
@@ -227,5 +406,5 @@ pub fn canonical_revision(w: &Workload) -> String {
             "version",
         ],
     )
-    .unwrap_or_else(|| "latest".to_string())
+    .unwrap_or("latest")
 }

@@ -60,26 +60,47 @@ fn service() -> Service {
     }
 }
 
-fn labels(reporter: Reporter) -> ConnectionLabels {
-    let src = workload("sleep", "default", &[("app", "sleep")]);
-    let dst = workload(
-        "web-7d9f",
-        "prod",
-        &[
+/// A source and destination workload with their identities and a service.
+struct Fixture {
+    src: Workload,
+    src_id: Identity,
+    dst: Workload,
+    dst_id: Identity,
+    service: Service,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture::with_dst_labels(&[
             ("app", "web"),
             ("service.istio.io/canonical-name", "web-canonical"),
             ("version", "v2"),
-        ],
-    );
-    ConnectionLabels::new(
-        reporter,
-        Some(&src),
-        Some(&src.identity("cluster.local")),
-        Some(&dst),
-        Some(&dst.identity("cluster.local")),
-        Some(&service()),
-        true,
-    )
+        ])
+    }
+
+    fn with_dst_labels(labels: &[(&str, &str)]) -> Fixture {
+        let src = workload("sleep", "default", &[("app", "sleep")]);
+        let dst = workload("web-7d9f", "prod", labels);
+        Fixture {
+            src_id: src.identity("cluster.local"),
+            dst_id: dst.identity("cluster.local"),
+            src,
+            dst,
+            service: service(),
+        }
+    }
+
+    fn endpoints(&self, reporter: Reporter) -> Endpoints<'_> {
+        Endpoints {
+            reporter,
+            src: Some(&self.src),
+            src_identity: Some(&self.src_id),
+            dst: Some(&self.dst),
+            dst_identity: Some(&self.dst_id),
+            service: Some(&self.service),
+            mtls: true,
+        }
+    }
 }
 
 /// The sample line of `metric` whose labels contain every `needle`, parsed to its value.
@@ -99,8 +120,9 @@ fn sample(text: &str, metric: &str, needles: &[&str]) -> Option<f64> {
 #[test]
 fn exposition_has_istio_names_and_label_keys() {
     let m = Metrics::new();
-    drop(m.connection(labels(Reporter::Destination)));
-    m.connection_failed(labels(Reporter::Source), ResponseFlags::Connect);
+    let f = Fixture::new();
+    drop(m.connection(f.endpoints(Reporter::Destination)));
+    m.connection_failed(f.endpoints(Reporter::Source), ResponseFlags::Connect);
     let text = m.encode();
     for name in [
         "istio_tcp_connections_opened_total",
@@ -130,10 +152,10 @@ fn exposition_has_istio_names_and_label_keys() {
 
 #[test]
 fn labels_follow_istio_derivation() {
-    let l = labels(Reporter::Destination);
+    let f = Fixture::new();
     let text = {
         let m = Metrics::new();
-        drop(m.connection(l.clone()));
+        drop(m.connection(f.endpoints(Reporter::Destination)));
         m.encode()
     };
     for pair in [
@@ -168,7 +190,16 @@ fn labels_follow_istio_derivation() {
 #[test]
 fn missing_values_are_unknown() {
     let id = Identity::new("cluster.local", "default", "sleep");
-    let l = ConnectionLabels::new(Reporter::Source, None, Some(&id), None, None, None, false);
+    let e = Endpoints {
+        reporter: Reporter::Source,
+        src: None,
+        src_identity: Some(&id),
+        dst: None,
+        dst_identity: None,
+        service: None,
+        mtls: false,
+    };
+    let l = e.labels();
     assert_eq!(l.source_workload, "unknown");
     assert_eq!(l.source_canonical_service, "unknown");
     assert_eq!(
@@ -186,7 +217,7 @@ fn missing_values_are_unknown() {
     assert_eq!(l.destination_principal, "unknown");
     assert_eq!(l.connection_security_policy, SecurityPolicy::Unknown);
     let m = Metrics::new();
-    drop(m.connection(l));
+    drop(m.connection(e));
     let text = m.encode();
     assert!(text.contains("connection_security_policy=\"unknown\""));
     assert!(text.contains("reporter=\"source\""));
@@ -227,8 +258,10 @@ fn canonical_label_precedence() {
 #[test]
 fn counts_and_bytes_after_guards() {
     let m = Metrics::new();
-    let l = labels(Reporter::Destination);
-    let guards: Vec<ConnectionGuard> = (0..5).map(|_| m.connection(l.clone())).collect();
+    let f = Fixture::new();
+    let guards: Vec<ConnectionGuard> = (0..5)
+        .map(|_| m.connection(f.endpoints(Reporter::Destination)))
+        .collect();
     for (i, g) in guards.iter().enumerate() {
         g.add_received(100);
         g.add_sent(10 * (i as u64 + 1));
@@ -251,7 +284,7 @@ fn counts_and_bytes_after_guards() {
 
     drop(guards);
     // A second reporter is a separate series.
-    let other = m.connection(labels(Reporter::Source));
+    let other = m.connection(f.endpoints(Reporter::Source));
     other.add_sent(7);
     let text = m.encode();
     assert_eq!(
@@ -274,9 +307,10 @@ fn counts_and_bytes_after_guards() {
 #[test]
 fn failed_connections_carry_response_flags() {
     let m = Metrics::new();
-    m.connection_failed(labels(Reporter::Destination), ResponseFlags::Deny);
-    m.connection_failed(labels(Reporter::Destination), ResponseFlags::Deny);
-    m.connection_failed(labels(Reporter::Source), ResponseFlags::Connect);
+    let f = Fixture::new();
+    m.connection_failed(f.endpoints(Reporter::Destination), ResponseFlags::Deny);
+    m.connection_failed(f.endpoints(Reporter::Destination), ResponseFlags::Deny);
+    m.connection_failed(f.endpoints(Reporter::Source), ResponseFlags::Connect);
     let text = m.encode();
     let failed = "istio_tcp_connections_failed_total";
     assert_eq!(
@@ -391,5 +425,103 @@ fn reject_reasons_spelling() {
         assert!(text.contains(&format!(
             "ztunnel_inbound_rejected_total{{reason=\"{s}\"}} 1"
         )));
+    }
+}
+
+/// Every shape of endpoints: the lookup hash of the endpoints must equal the one of the label
+/// set they spell (or a series would be filed where lookups never look), and the labels must
+/// be recognised as theirs.
+#[test]
+fn endpoints_find_the_series_their_labels_are_filed_under() {
+    let f = Fixture::new();
+    let stranger = Identity::new("cluster.local", "elsewhere", "someone");
+    let hasher = std::hash::RandomState::new();
+    let mut shapes = vec![];
+    for reporter in [Reporter::Source, Reporter::Destination] {
+        for mtls in [true, false] {
+            let full = Endpoints {
+                mtls,
+                ..f.endpoints(reporter)
+            };
+            shapes.extend([
+                full,
+                Endpoints {
+                    service: None,
+                    ..full
+                },
+                Endpoints { src: None, ..full },
+                Endpoints {
+                    src: None,
+                    src_identity: None,
+                    ..full
+                },
+                Endpoints {
+                    src_identity: Some(&stranger),
+                    ..full
+                },
+                Endpoints {
+                    dst: None,
+                    dst_identity: None,
+                    service: None,
+                    ..full
+                },
+            ]);
+        }
+    }
+    for e in &shapes {
+        let labels = e.labels();
+        assert_eq!(labels.key_hash(&hasher), e.key_hash(&hasher), "{e:?}");
+        assert!(labels.describes(e), "{e:?}");
+        for other in &shapes {
+            if other.labels() != labels {
+                assert!(!labels.describes(other), "{labels:?} claims {other:?}");
+            }
+        }
+    }
+}
+
+/// Labels left out of the lookup hash (here the canonical revision) still separate series.
+#[test]
+fn series_differing_only_in_unhashed_labels_stay_apart() {
+    let v1 = Fixture::with_dst_labels(&[("app", "web"), ("version", "v1")]);
+    let v2 = Fixture::with_dst_labels(&[("app", "web"), ("version", "v2")]);
+    let hasher = std::hash::RandomState::new();
+    let (e1, e2) = (
+        v1.endpoints(Reporter::Source),
+        v2.endpoints(Reporter::Source),
+    );
+    assert_eq!(e1.key_hash(&hasher), e2.key_hash(&hasher));
+    let m = Metrics::new();
+    drop(m.connection(e1));
+    drop(m.connection(e2));
+    drop(m.connection(e2));
+    let text = m.encode();
+    let opened = "istio_tcp_connections_opened_total";
+    assert_eq!(
+        sample(&text, opened, &["destination_version=\"v1\""]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, opened, &["destination_version=\"v2\""]),
+        Some(2.0)
+    );
+}
+
+/// A peer that proved another identity than its workload's is its own series.
+#[test]
+fn a_proven_identity_other_than_the_workloads_is_its_own_series() {
+    let f = Fixture::new();
+    let spoofer = Identity::new("cluster.local", "default", "not-sleep");
+    let m = Metrics::new();
+    drop(m.connection(f.endpoints(Reporter::Destination)));
+    drop(m.connection(Endpoints {
+        src_identity: Some(&spoofer),
+        ..f.endpoints(Reporter::Destination)
+    }));
+    let text = m.encode();
+    let opened = "istio_tcp_connections_opened_total";
+    for sa in ["sleep", "not-sleep"] {
+        let principal = format!("source_principal=\"spiffe://cluster.local/ns/default/sa/{sa}\"");
+        assert_eq!(sample(&text, opened, &[&principal]), Some(1.0), "{sa}");
     }
 }

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use super::PoolKey;
 use crate::hbone;
+use crate::identity::Identity;
 use crate::metrics::labels::{canonical_revision, canonical_service};
 use crate::pod::Pod;
 use crate::proxy::{Context, Error, Fault, Kind};
@@ -30,10 +31,9 @@ pub async fn open(
     downstream: &TcpStream,
     client: SocketAddr,
     src: Option<&Workload>,
-    dst: &Arc<Workload>,
+    dst_id: &Identity,
     target: SocketAddr,
 ) -> Result<(hbone::Stream, u32), Error> {
-    let dst_id = dst.identity(&ctx.config.trust_domain);
     let src_ip = pod
         .ips
         .iter()
