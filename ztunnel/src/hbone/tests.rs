@@ -909,3 +909,16 @@ async fn pool_closes_a_grown_connection_once_idle() {
     // The next tunnel gets a fresh connection.
     assert_eq!(one_more_tunnel(&pool, addr, &calls).await, 1);
 }
+
+#[test]
+fn header_values_format_whole_beyond_the_stack_buffer() {
+    let long = "n".repeat(700);
+    let v = headers::value(format_args!("k8s.pod.name={long},service.version=v1")).unwrap();
+    assert_eq!(
+        v.to_str().unwrap(),
+        format!("k8s.pod.name={long},service.version=v1")
+    );
+    let short = headers::value(format_args!("for=\"{}\"", "10.0.0.1:80")).unwrap();
+    assert_eq!(short, "for=\"10.0.0.1:80\"");
+    assert!(headers::value(format_args!("bad\nvalue")).is_err());
+}

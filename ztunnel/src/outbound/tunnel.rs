@@ -66,7 +66,7 @@ pub async fn open(
             )
         })?;
     let mut headers = hbone::headers::outbound(client);
-    if let Some(value) = src.and_then(|w| HeaderValue::from_str(&baggage(w)).ok()) {
+    if let Some(value) = src.and_then(|w| baggage(w).ok()) {
         headers.insert(hbone::headers::BAGGAGE, value);
     }
     let early = early_data(downstream);
@@ -136,12 +136,12 @@ async fn connect_tls(
 
 /// Source metadata in the form Istio's ztunnel sends, so the destination (or a waypoint) can
 /// label telemetry without looking the client up. Pods are the workload kind we know of.
-fn baggage(w: &Workload) -> String {
-    format!(
+fn baggage(w: &Workload) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    hbone::headers::value(format_args!(
         "k8s.cluster.name=Kubernetes,k8s.namespace.name={},k8s.pod.name={},service.name={},service.version={}",
         w.namespace,
         w.name,
         canonical_service(w),
         canonical_revision(w)
-    )
+    ))
 }
