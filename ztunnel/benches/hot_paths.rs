@@ -1,5 +1,5 @@
 //! Microbenchmarks of the pure functions every connection runs: authorization, endpoint
-//! selection and metrics labels. Baselines are in docs/benchmarks.md; run with
+//! selection, metrics labels and the access log line. Baselines are in docs/benchmarks.md; run with
 //! `cargo bench -p ztunnel --bench hot_paths`.
 
 use std::collections::BTreeMap;
@@ -199,5 +199,67 @@ fn metrics_labels(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, authz, endpoint_selection, metrics_labels);
+/// One access log line as a finished connection writes it, through a subscriber set up as
+/// `telemetry::init` sets up the text format (reloadable `info` filter, no ANSI), writing to
+/// a sink: the formatting and the subscriber's own cost, without the output thread.
+fn access_log(c: &mut Criterion) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use ztunnel::proxy::access::Entry;
+    use ztunnel::proxy::copy::{Outcome, Transferred};
+
+    let (filter, _handle) =
+        tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::registry().with(filter).with(
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(std::io::sink),
+    );
+    let (src, dst) = (workload(1), workload(2));
+    let (src_id, dst_id) = (src.identity(TD), dst.identity(TD));
+    let metrics = Metrics::new();
+    let endpoints = Endpoints {
+        reporter: Reporter::Source,
+        src: Some(&src),
+        src_identity: Some(&src_id),
+        dst: Some(&dst),
+        dst_identity: Some(&dst_id),
+        service: None,
+        mtls: true,
+    };
+    let entry = Entry {
+        direction: "outbound",
+        src: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 10)), 41_000),
+        src_workload: Some(&src.uid.0),
+        src_identity: Some(&src_id),
+        dst: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 20)), 8080),
+        dst_workload: Some(&dst.uid.0),
+        dst_service: None,
+        dst_identity: Some(&dst_id),
+        mtls: true,
+        start: std::time::Instant::now(),
+    };
+    tracing::subscriber::with_default(subscriber, || {
+        c.bench_function("access log line (text, to a sink)", |b| {
+            b.iter(|| {
+                let guard = metrics.connection(endpoints);
+                entry.finished(
+                    guard,
+                    Outcome::Done,
+                    Transferred {
+                        received: 1,
+                        sent: 1,
+                    },
+                );
+            })
+        });
+    });
+}
+
+criterion_group!(
+    benches,
+    authz,
+    endpoint_selection,
+    metrics_labels,
+    access_log
+);
 criterion_main!(benches);
