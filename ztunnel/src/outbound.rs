@@ -27,9 +27,9 @@ use route::Route;
 /// in the source pod's network namespace and carries its address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {
-    pub src: Identity,
+    pub src: Arc<Identity>,
     pub src_ip: IpAddr,
-    pub dst: Identity,
+    pub dst: Arc<Identity>,
     pub addr: SocketAddr,
 }
 
@@ -92,7 +92,7 @@ struct Summary {
     dst: SocketAddr,
     dst_workload: Option<Arc<Workload>>,
     service: Option<Arc<Service>>,
-    dst_identity: Option<Identity>,
+    dst_identity: Option<Arc<Identity>>,
     mtls: bool,
     start: Instant,
     /// The app's bytes sent with the CONNECT request, before the copy started (at most 4 KiB;
@@ -110,7 +110,7 @@ impl Summary {
             dst: self.dst,
             dst_workload: self.dst_workload.as_ref().map(|w| w.uid.0.as_str()),
             dst_service: self.service.as_ref().map(|s| s.hostname.as_str()),
-            dst_identity: self.dst_identity.as_ref(),
+            dst_identity: self.dst_identity.as_deref(),
             mtls: self.mtls,
             start: self.start,
         }
@@ -181,7 +181,7 @@ async fn establish(
     let dst_identity = dst_workload
         .as_ref()
         .filter(|_| mtls)
-        .map(|w| w.identity(&ctx.config.trust_domain));
+        .map(|w| Arc::new(w.identity(&ctx.config.trust_domain)));
     let connected = match &route {
         Route::Hbone { .. } => tunnel::open(
             ctx,
@@ -215,7 +215,7 @@ async fn establish(
         src: src.as_deref(),
         src_identity: Some(&pod.identity),
         dst: summary.dst_workload.as_deref(),
-        dst_identity: summary.dst_identity.as_ref(),
+        dst_identity: summary.dst_identity.as_deref(),
         service: summary.service.as_deref(),
         mtls,
     };

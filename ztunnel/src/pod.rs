@@ -23,7 +23,8 @@ pub use registry::Registry;
 /// namespace, identity) restarts the pod when it changes.
 pub struct Pod {
     pub uid: WorkloadUid,
-    pub identity: Identity,
+    /// Shared, not copied, by every pooled-connection key and tunnel of the pod.
+    pub identity: Arc<Identity>,
     pub ips: Vec<IpAddr>,
     pub netns: Arc<Netns>,
     /// Cancelled when the pod is removed or ztunnel stops: closes its listeners and connections.

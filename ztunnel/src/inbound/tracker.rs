@@ -147,7 +147,7 @@ mod tests {
         let ns = Namespace::new("tracker");
         let pod = Arc::new(Pod {
             uid: WorkloadUid("default/a".into()),
-            identity: "spiffe://cluster.local/ns/default/sa/a".parse().unwrap(),
+            identity: Arc::new("spiffe://cluster.local/ns/default/sa/a".parse().unwrap()),
             ips: vec!["10.0.0.1".parse().unwrap()],
             netns: ns.open(),
             cancel: CancellationToken::new(),

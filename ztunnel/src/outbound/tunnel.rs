@@ -31,7 +31,7 @@ pub async fn open(
     downstream: &TcpStream,
     client: SocketAddr,
     src: Option<&Workload>,
-    dst_id: &Identity,
+    dst_id: &Arc<Identity>,
     target: SocketAddr,
 ) -> Result<(hbone::Stream, u32), Error> {
     let src_ip = pod
@@ -104,7 +104,7 @@ async fn connect_tls(
     ctx: &Context,
     pod: &Pod,
     peer: SocketAddr,
-    dst_id: crate::identity::Identity,
+    dst_id: Arc<Identity>,
 ) -> Result<tokio_rustls::client::TlsStream<tls::ReadAhead<tokio::net::TcpStream>>, hbone::Error> {
     let io_err = |e: std::io::Error| hbone::Error::Io(e);
     let sock = pod
@@ -122,8 +122,12 @@ async fn connect_tls(
         .fetch(&pod.identity)
         .await
         .map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
-    let config = tls::client_config(cert, ctx.identities.ca().root_der(), vec![dst_id])
-        .map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
+    let config = tls::client_config(
+        cert,
+        ctx.identities.ca().root_der(),
+        vec![Arc::unwrap_or_clone(dst_id)],
+    )
+    .map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
     let connector = tokio_rustls::TlsConnector::from(config);
     connector
         .connect(

@@ -211,7 +211,7 @@ impl Registry {
                 })?;
         let pod = Arc::new(Pod {
             uid: uid.clone(),
-            identity,
+            identity: Arc::new(identity),
             ips: w.ips.clone(),
             netns: netns.clone(),
             cancel: ctx.stopped.child_token(),
