@@ -1,6 +1,6 @@
 //! Microbenchmarks of the pure functions every connection runs: authorization, endpoint
-//! selection, metrics labels and the access log line. Baselines are in docs/benchmarks.md; run with
-//! `cargo bench -p ztunnel --bench hot_paths`.
+//! selection, metrics labels and the access log line. Baselines are in docs/benchmarks.md;
+//! run with `cargo bench -p ztunnel --bench hot_paths`.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -182,7 +182,7 @@ fn metrics_labels(c: &mut Criterion) {
         service: Some(&svc),
         mtls: true,
     };
-    g.bench_function("ConnectionLabels::new", |b| {
+    g.bench_function("Endpoints::labels", |b| {
         b.iter(|| black_box(endpoints(Reporter::Source).labels()))
     });
     g.bench_function(

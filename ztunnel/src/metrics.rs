@@ -238,9 +238,10 @@ pub struct Metrics {
     ebpf: EbpfMetrics,
 }
 
-/// One label set of the connection families and its counters.
+/// One label set of the connection families and its counters, with the hash it is filed under.
 #[derive(Debug)]
 struct Series {
+    hash: u64,
     labels: ConnectionLabels,
     counters: connection::Counters,
 }
@@ -383,14 +384,14 @@ impl Metrics {
                             received: self.received_bytes.get_or_create_owned(&labels),
                             closed: self.closed.get_or_create_owned(&labels),
                         };
-                        let hasher = &self.series_hasher;
                         series.insert_unique(
                             hash,
                             Series {
+                                hash,
                                 labels,
                                 counters: counters.clone(),
                             },
-                            |s| s.labels.key_hash(hasher),
+                            |s| s.hash,
                         );
                         counters
                     }

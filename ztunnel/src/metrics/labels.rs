@@ -181,42 +181,6 @@ fn spells(i: &Identity, s: &str) -> bool {
     .unwrap_or(false)
 }
 
-/// A side's workload, namespace and principal (trust domain, namespace, service account).
-type PeerKey<'a> = (&'a str, &'a str, Option<(&'a str, &'a str, &'a str)>);
-
-/// Feeds the fields that tell label sets apart in practice (workloads, identities, service,
-/// security) to `h`; the rest follow from the workloads. A principal goes in as its three
-/// parts so that borrowed identities and spelled-out principals hash alike. Equal label sets
-/// hash equally, and lookups compare every field, so they stay exact.
-fn hash_key<H: Hasher>(
-    h: &mut H,
-    reporter: Reporter,
-    peers: [PeerKey<'_>; 2],
-    service: &str,
-    mtls: bool,
-) {
-    reporter.hash(h);
-    for (workload, namespace, principal) in peers {
-        workload.hash(h);
-        namespace.hash(h);
-        principal.hash(h);
-    }
-    service.hash(h);
-    mtls.hash(h);
-}
-
-fn identity_parts(i: &Identity) -> (&str, &str, &str) {
-    (&i.trust_domain, &i.namespace, &i.service_account)
-}
-
-/// The inverse of `Identity`'s spelling, for label sets already built.
-fn principal_parts(principal: &str) -> Option<(&str, &str, &str)> {
-    let rest = principal.strip_prefix("spiffe://")?;
-    let (td, rest) = rest.split_once("/ns/")?;
-    let (ns, sa) = rest.split_once("/sa/")?;
-    Some((td, ns, sa))
-}
-
 impl<'a> Endpoints<'a> {
     fn source(&self) -> PeerRef<'a> {
         PeerRef {
@@ -278,99 +242,56 @@ impl<'a> Endpoints<'a> {
         }
     }
 
-    /// The hash under which [`ConnectionLabels::key_hash`] files the label set these give.
+    /// The lookup hash of the series these endpoints belong to. It covers what tells series
+    /// apart in practice (workloads, identities, service, security); the other labels follow
+    /// from the workloads, and a lookup compares every label ([`ConnectionLabels::describes`]),
+    /// so it stays exact. The series keeps the hash it was filed under.
     pub(super) fn key_hash(&self, b: &impl BuildHasher) -> u64 {
         let (s, d) = (self.source(), self.destination());
         let mut h = b.build_hasher();
-        hash_key(
-            &mut h,
-            self.reporter,
-            [
-                (s.workload(), s.namespace(), s.identity.map(identity_parts)),
-                (d.workload(), d.namespace(), d.identity.map(identity_parts)),
-            ],
-            self.service_hostname(),
-            self.mtls,
-        );
+        self.reporter.hash(&mut h);
+        for side in [s, d] {
+            side.workload().hash(&mut h);
+            side.namespace().hash(&mut h);
+            side.identity.hash(&mut h);
+        }
+        self.service_hostname().hash(&mut h);
+        self.mtls.hash(&mut h);
         h.finish()
     }
 }
 
 impl ConnectionLabels {
-    /// The label set of a connection between these endpoints (see [`Endpoints`]).
-    pub fn new(
-        reporter: Reporter,
-        src: Option<&Workload>,
-        src_identity: Option<&Identity>,
-        dst: Option<&Workload>,
-        dst_identity: Option<&Identity>,
-        service: Option<&Service>,
-        mtls: bool,
-    ) -> Self {
-        Endpoints {
-            reporter,
-            src,
-            src_identity,
-            dst,
-            dst_identity,
-            service,
-            mtls,
-        }
-        .labels()
-    }
-
     /// Whether `e.labels()` would equal these labels (with no response flags), compared field
     /// by field without building them.
     pub(super) fn describes(&self, e: &Endpoints<'_>) -> bool {
         let (s, d) = (e.source(), e.destination());
+        let (s_service, s_revision) = (s.canonical_service(), s.canonical_revision());
+        let (d_service, d_revision) = (d.canonical_service(), d.canonical_revision());
         let service = |f: fn(&Service) -> &str| e.service.map_or(UNKNOWN, f);
         self.reporter == e.reporter
             && self.response_flags == ResponseFlags::None
             && self.connection_security_policy == e.security_policy()
             && self.source_workload == s.workload()
-            && self.source_canonical_service == s.canonical_service()
-            && self.source_canonical_revision == s.canonical_revision()
+            && self.source_canonical_service == s_service
+            && self.source_canonical_revision == s_revision
             && self.source_workload_namespace == s.namespace()
             && s.principal_is(&self.source_principal)
-            && self.source_app == s.canonical_service()
-            && self.source_version == s.canonical_revision()
+            && self.source_app == s_service
+            && self.source_version == s_revision
             && self.source_cluster == s.cluster()
             && self.destination_service == service(|s| &s.hostname)
             && self.destination_service_namespace == service(|s| &s.namespace)
             && self.destination_service_name == service(|s| &s.name)
             && self.destination_workload == d.workload()
-            && self.destination_canonical_service == d.canonical_service()
-            && self.destination_canonical_revision == d.canonical_revision()
+            && self.destination_canonical_service == d_service
+            && self.destination_canonical_revision == d_revision
             && self.destination_workload_namespace == d.namespace()
             && d.principal_is(&self.destination_principal)
-            && self.destination_app == d.canonical_service()
-            && self.destination_version == d.canonical_revision()
+            && self.destination_app == d_service
+            && self.destination_version == d_revision
             && self.destination_cluster == d.cluster()
             && self.request_protocol == "tcp"
-    }
-
-    /// See [`Endpoints::key_hash`]: equal for labels built from endpoints and the endpoints.
-    pub(super) fn key_hash(&self, b: &impl BuildHasher) -> u64 {
-        let mut h = b.build_hasher();
-        hash_key(
-            &mut h,
-            self.reporter,
-            [
-                (
-                    &self.source_workload,
-                    &self.source_workload_namespace,
-                    principal_parts(&self.source_principal),
-                ),
-                (
-                    &self.destination_workload,
-                    &self.destination_workload_namespace,
-                    principal_parts(&self.destination_principal),
-                ),
-            ],
-            &self.destination_service,
-            self.connection_security_policy == SecurityPolicy::MutualTls,
-        );
-        h.finish()
     }
 }
 
