@@ -5,6 +5,7 @@
 //! scenarios through the mesh, and stops them (which removes capture again).
 
 pub mod elf;
+pub mod host;
 pub mod iperf;
 pub mod load;
 pub mod mesh;
@@ -145,6 +146,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         mesh,
     };
     for run in 0..opts.runs {
+        if opts.measures("latency") {
+            eprintln!("run {}/{}: host wake-ups", run + 1, opts.runs);
+            bench.host()?;
+        }
         eprintln!("run {}/{}: direct", run + 1, opts.runs);
         bench.traffic("direct", None)?;
         eprintln!("run {}/{}: mesh", run + 1, opts.runs);
@@ -199,6 +204,13 @@ fn cpu_seconds(pids: &[u32]) -> anyhow::Result<f64> {
     pids.iter().map(|p| proc::cpu_seconds(*p)).sum()
 }
 
+fn context_switches(pids: &[u32]) -> anyhow::Result<(u64, u64)> {
+    pids.iter().try_fold((0, 0), |(v, i), p| {
+        let (pv, pi) = proc::context_switches(*p)?;
+        Ok((v + pv, i + pi))
+    })
+}
+
 /// Whether the kernel's DAMON monitor is running (these machines run one that pages out cold
 /// memory, with a 5 s aggregation interval): its periodic work shows in the latency tails.
 fn damon_active() -> bool {
@@ -218,6 +230,24 @@ fn loadavg() -> String {
 }
 
 impl Bench {
+    /// The machine's own wake-up round trips (see [`host`]), on one CPU and across two.
+    fn host(&mut self) -> anyhow::Result<()> {
+        let pause = Duration::from_secs(1) / FIXED_RATE;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut pairs = vec![("same CPU", (0, 0))];
+        if cpus > 1 {
+            pairs.push(("two CPUs", (0, 1)));
+        }
+        for (name, pair) in pairs {
+            let l = host::wake_up_round_trip(pair, pause)
+                .with_context(|| format!("wake-up round trip, {name}"))?;
+            for (q, v) in [("p50", l.p50), ("p99", l.p99)] {
+                self.samples.add(format!("host/wake/{name}/{q}"), v);
+            }
+        }
+        Ok(())
+    }
+
     /// Throughput, latency (with ztunnel CPU) and connection rate; `mode` is `direct` or `mesh`.
     fn traffic(&mut self, mode: &str, daemons: Option<&Daemons>) -> anyhow::Result<()> {
         let d = self.opts.duration;
@@ -231,6 +261,7 @@ impl Bench {
                 continue;
             }
             let before = cpu_seconds(&pids)?;
+            let switches_before = context_switches(&pids)?;
             let fixed = load::fixed_rate(
                 &self.client,
                 path.addr,
@@ -249,9 +280,23 @@ impl Bench {
                 self.samples.add(format!("{key}/{q}/{mode}"), v);
             }
             if daemons.is_some() {
+                let requests = fixed.requests as f64;
                 self.samples.add(
                     format!("cpu/{}/{FIXED_RATE}rps/us_per_request", path.name),
-                    spent * 1e6 / fixed.requests as f64,
+                    spent * 1e6 / requests,
+                );
+                let (voluntary, involuntary) = context_switches(&pids)?;
+                let (voluntary, involuntary) = (
+                    voluntary - switches_before.0,
+                    involuntary - switches_before.1,
+                );
+                self.samples.add(
+                    format!("switches/{}/{FIXED_RATE}rps/voluntary", path.name),
+                    voluntary as f64 / requests,
+                );
+                self.samples.add(
+                    format!("switches/{}/{FIXED_RATE}rps/involuntary", path.name),
+                    involuntary as f64 / requests,
                 );
             }
 
@@ -522,6 +567,21 @@ impl Bench {
                 format!("cpu/{}/{FIXED_RATE}rps/us_per_request", path.name),
                 Compare::AtMost(40.0),
             ));
+            for (kind, why) in [
+                ("voluntary", "blocked, then woken"),
+                ("involuntary", "preempted"),
+            ] {
+                rows.push(row(
+                    path.name.to_owned(),
+                    &format!(
+                        "ztunnel context switches at {FIXED_RATE} req/s, {kind} ({why}){both}"
+                    ),
+                    "per request",
+                    None,
+                    format!("switches/{}/{FIXED_RATE}rps/{kind}", path.name),
+                    Compare::None,
+                ));
+            }
             rows.push(row(
                 path.name.to_owned(),
                 "ztunnel CPU per request at max rate",
@@ -530,6 +590,21 @@ impl Bench {
                 format!("cpu/{}/max/us_per_request", path.name),
                 Compare::None,
             ));
+        }
+        for cpus in ["same CPU", "two CPUs"] {
+            for q in ["p50", "p99"] {
+                rows.push(row(
+                    "host, no ztunnel".to_owned(),
+                    &format!(
+                        "thread wake-up round trip, {cpus}, {q}, {} ms apart",
+                        1000 / FIXED_RATE
+                    ),
+                    "µs",
+                    None,
+                    format!("host/wake/{cpus}/{q}"),
+                    Compare::None,
+                ));
+            }
         }
         let n = self.opts.idle_connections;
         let node = "node n1 ztunnel".to_owned();

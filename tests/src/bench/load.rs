@@ -75,7 +75,7 @@ async fn roundtrip(stream: &mut TcpStream, out: &[u8], back: &mut [u8]) -> anyho
     Ok(())
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
 }
 
@@ -91,7 +91,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn from(h: &Histogram<u64>, elapsed: Duration) -> Latency {
+    pub(crate) fn from(h: &Histogram<u64>, elapsed: Duration) -> Latency {
         let us = |q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
         Latency {
             requests: h.len(),

@@ -57,6 +57,33 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(total as f64 / hz as f64)
 }
 
+/// Voluntary (blocked, then woken) and involuntary (preempted) context switches of all of
+/// `pid`'s threads so far.
+pub fn context_switches(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = (0, 0);
+    for task in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = task
+            .with_context(|| format!("reading {dir}"))?
+            .path()
+            .join("status");
+        // A thread that ended since the directory was read has no status left to count.
+        let Ok(status) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let count = |field: &str| -> anyhow::Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+                .with_context(|| format!("no {field} line in {}", path.display()))
+        };
+        total.0 += count("voluntary_ctxt_switches")?;
+        total.1 += count("nonvoluntary_ctxt_switches")?;
+    }
+    Ok(total)
+}
+
 /// Raises the soft open-file limit to the hard limit (children inherit it): holding thousands of
 /// idle connections needs far more than the usual soft limit of 1,024.
 pub fn raise_fd_limit() -> anyhow::Result<u64> {
