@@ -73,10 +73,57 @@ async fn mutual_handshake_sees_both_identities() {
             conn.protocol_version(),
             Some(rustls::ProtocolVersion::TLSv1_3)
         );
+        assert_eq!(
+            conn.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384)
+        );
     }
     let mut buf = [0u8; 5];
     c.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"ready");
+}
+
+/// The record ciphers are swapped for ring's, nothing else: same suites in the same order,
+/// the AES-GCM ones ring's own, key exchange and signatures still aws-lc-rs's.
+#[test]
+fn provider_offers_the_default_suites_with_ring_record_ciphers() {
+    use rustls::crypto::{aws_lc_rs, ring};
+    let ours = provider();
+    let default = aws_lc_rs::default_provider();
+    let ids = |p: &CryptoProvider| {
+        p.cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&ours), ids(&default));
+    let is_ring = |s: &rustls::SupportedCipherSuite| {
+        use ring::cipher_suite as r;
+        [
+            r::TLS13_AES_256_GCM_SHA384,
+            r::TLS13_AES_128_GCM_SHA256,
+            r::TLS13_CHACHA20_POLY1305_SHA256,
+        ]
+        .iter()
+        .any(|r| match (r, s) {
+            (rustls::SupportedCipherSuite::Tls13(r), rustls::SupportedCipherSuite::Tls13(s)) => {
+                std::ptr::eq(*r, *s)
+            }
+            _ => false,
+        })
+    };
+    for suite in &ours.cipher_suites {
+        let aes_gcm = matches!(
+            suite.suite(),
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+                | rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        );
+        assert_eq!(is_ring(suite), aes_gcm, "{:?}", suite.suite());
+    }
+    assert_eq!(ours.kx_groups.len(), default.kx_groups.len());
+    for (a, b) in ours.kx_groups.iter().zip(&default.kx_groups) {
+        assert_eq!(a.name(), b.name());
+    }
 }
 
 #[tokio::test]
