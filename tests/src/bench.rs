@@ -238,6 +238,7 @@ impl Bench {
         if cpus > 1 {
             pairs.push(("two CPUs", (0, 1)));
         }
+        self.samples.add("host/syscall_ns", host::syscall_ns());
         for (name, pair) in pairs {
             let l = host::wake_up_round_trip(pair, pause)
                 .with_context(|| format!("wake-up round trip, {name}"))?;
@@ -591,6 +592,14 @@ impl Bench {
                 Compare::None,
             ));
         }
+        rows.push(row(
+            "host, no ztunnel".to_owned(),
+            "null system call (getppid)",
+            "ns",
+            None,
+            "host/syscall_ns".into(),
+            Compare::None,
+        ));
         for cpus in ["same CPU", "two CPUs"] {
             for q in ["p50", "p99"] {
                 rows.push(row(

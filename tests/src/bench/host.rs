@@ -69,6 +69,28 @@ pub fn wake_up_round_trip(cpus: (usize, usize), pause: Duration) -> anyhow::Resu
     measured
 }
 
+/// Null system calls timed per measurement of [`syscall_ns`].
+const SYSCALLS: u32 = 200_000;
+
+/// Nanoseconds one system call that does no work (`getppid`) takes on this CPU: the price of
+/// entering and leaving the kernel, which speculative-execution mitigations and nested
+/// virtualization can multiply. Every syscall ztunnel makes per request or per connection
+/// pays it on top of its work. The median of five measurements.
+pub fn syscall_ns() -> f64 {
+    let mut runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..SYSCALLS {
+                // SAFETY: getppid takes no arguments, cannot fail and touches no memory of ours.
+                std::hint::black_box(unsafe { libc::syscall(libc::SYS_getppid) });
+            }
+            start.elapsed().as_nanos() as f64 / f64::from(SYSCALLS)
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[runs.len() / 2]
+}
+
 fn pin(cpu: usize) -> anyhow::Result<()> {
     let mut set = CpuSet::new();
     set.set(cpu).with_context(|| format!("CPU {cpu}"))?;
@@ -78,6 +100,14 @@ fn pin(cpu: usize) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn syscalls_are_timed() {
+        let ns = syscall_ns();
+        // Entering and leaving the kernel takes at least some tens of cycles anywhere, and a
+        // syscall slower than 100 µs would be a broken measurement, not a slow machine.
+        assert!(ns > 1.0 && ns < 100_000.0, "{ns} ns per syscall");
+    }
 
     #[test]
     fn round_trips_are_measured() {
