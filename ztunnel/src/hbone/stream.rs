@@ -72,6 +72,80 @@ impl Stream {
         }
         self.recv.flow_control().release_capacity(n).map_err(to_io)
     }
+
+    /// The next received bytes as they are, without copying them out of h2's frame; `None`
+    /// at END_STREAM. Their window goes back to the peer now: the caller takes one chunk at a
+    /// time and writes it before asking for the next, so a slow reader still back-pressures.
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        if self.pending.is_empty() {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => self.pending = data,
+                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+                None => return Poll::Ready(Ok(None)),
+            }
+        }
+        let chunk = std::mem::take(&mut self.pending);
+        self.recv
+            .flow_control()
+            .release_capacity(chunk.len())
+            .map_err(to_io)?;
+        Poll::Ready(Ok(Some(chunk)))
+    }
+
+    /// Sends a prefix of `chunk` as DATA without copying it (h2 keeps a reference until the
+    /// frame is written) and advances `chunk` past it; returns how many bytes went.
+    pub fn poll_send_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        if chunk.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = ready!(self.poll_send_capacity(cx, chunk.len()))?;
+        self.send
+            .send_data(chunk.split_to(n), false)
+            .map_err(to_io)?;
+        Poll::Ready(Ok(n))
+    }
+
+    /// Waits until the stream may send some of `len` more bytes and returns how many.
+    fn poll_send_capacity(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
+        if self.write_closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "hbone stream already shut down for writing",
+            )));
+        }
+        let want = len.min(MAX_WRITE);
+        self.send.reserve_capacity(want);
+        loop {
+            let granted = self.send.capacity();
+            if granted > 0 {
+                return Poll::Ready(Ok(granted.min(want)));
+            }
+            // A reset while we wait for window would otherwise leave us pending forever.
+            if let Poll::Ready(reset) = self.send.poll_reset(cx) {
+                return Poll::Ready(Err(match reset {
+                    Ok(reason) => io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        format!("hbone stream reset by peer: {reason}"),
+                    ),
+                    Err(e) => to_io(e),
+                }));
+            }
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+                None => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "hbone stream closed",
+                    )))
+                }
+            }
+        }
+    }
 }
 
 impl AsyncRead for Stream {
@@ -108,44 +182,11 @@ impl AsyncWrite for Stream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if this.write_closed {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "hbone stream already shut down for writing",
-            )));
-        }
-        let want = buf.len().min(MAX_WRITE);
-        this.send.reserve_capacity(want);
-        loop {
-            let granted = this.send.capacity();
-            if granted > 0 {
-                let n = granted.min(want);
-                this.send
-                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                    .map_err(to_io)?;
-                return Poll::Ready(Ok(n));
-            }
-            // A reset while we wait for window would otherwise leave us pending forever.
-            if let Poll::Ready(reset) = this.send.poll_reset(cx) {
-                return Poll::Ready(Err(match reset {
-                    Ok(reason) => io::Error::new(
-                        io::ErrorKind::ConnectionReset,
-                        format!("hbone stream reset by peer: {reason}"),
-                    ),
-                    Err(e) => to_io(e),
-                }));
-            }
-            match ready!(this.send.poll_capacity(cx)) {
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
-                None => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "hbone stream closed",
-                    )))
-                }
-            }
-        }
+        let n = ready!(this.poll_send_capacity(cx, buf.len()))?;
+        this.send
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .map_err(to_io)?;
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {

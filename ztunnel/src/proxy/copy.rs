@@ -2,8 +2,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -34,24 +34,90 @@ const GROWTH: usize = 4;
 /// ...up to this, large enough that a multi-gigabit stream needs few syscalls.
 const MAX_BUF: usize = 256 * 1024;
 
-/// A reader that can wait for data without being handed a buffer, so that a direction with
-/// nothing to read holds no memory (an idle connection costs no copy buffers).
-pub trait ReadReady: AsyncRead {
+/// A reader the copy takes owned chunks from, so that a chunk can be handed to the writer as
+/// it is: a socket reads into the direction's buffer and splits off what it read; an HBONE
+/// stream hands over h2's DATA frames. Either way no byte is copied in user space.
+pub trait Source {
     /// Ready when a read would not block: data, EOF or an error is waiting. Spurious wake-ups
     /// are allowed (the read then returns `Pending`); no data may be lost.
     fn poll_read_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// The next bytes, `None` at EOF. A reader that copies out of a socket makes room for at
+    /// least `size` bytes in `buf`, reads into it and returns what it read split off from it.
+    fn poll_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        size: usize,
+    ) -> Poll<io::Result<Option<Bytes>>>;
 }
 
-impl ReadReady for TcpStream {
+/// A writer that can take a chunk without copying it.
+pub trait Sink: AsyncWrite {
+    /// Writes a prefix of `chunk` and advances it past what was written.
+    fn poll_write_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<usize>>;
+}
+
+impl Source for TcpStream {
     fn poll_read_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Readiness tokio already tracks from epoll: no syscall.
         TcpStream::poll_read_ready(&self, cx)
     }
+
+    fn poll_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        size: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        if buf.capacity() < size {
+            // Reclaims the old allocation when every chunk of it has been written, else takes
+            // a new one; the buffer is empty between reads, so nothing moves.
+            buf.reserve(size);
+        }
+        let n = ready!(tokio_util::io::poll_read_buf(self, cx, buf))?;
+        Poll::Ready(Ok((n > 0).then(|| buf.split().freeze())))
+    }
 }
 
-impl ReadReady for hbone::Stream {
+impl Sink for TcpStream {
+    fn poll_write_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(self.poll_write(cx, chunk))?;
+        chunk.advance(n);
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl Source for hbone::Stream {
     fn poll_read_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_mut().poll_read_ready(cx)
+    }
+
+    fn poll_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        _buf: &mut BytesMut,
+        _size: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        self.get_mut().poll_chunk(cx)
+    }
+}
+
+impl Sink for hbone::Stream {
+    fn poll_write_chunk(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_send_chunk(cx, chunk)
     }
 }
 
@@ -63,16 +129,20 @@ pub async fn bidirectional<D, U>(
     cancel: &CancellationToken,
 ) -> (Outcome, Transferred)
 where
-    D: ReadReady + AsyncWrite + Unpin + ?Sized,
-    U: ReadReady + AsyncWrite + Unpin + ?Sized,
+    D: Source + Sink + Unpin + ?Sized,
+    U: Source + Sink + Unpin + ?Sized,
 {
-    let mut counted = Counted {
-        inner: downstream,
-        read: 0,
-        written: 0,
-    };
+    let (mut down_up, mut up_down) = (Direction::new(), Direction::new());
+    let both = std::future::poll_fn(|cx| {
+        let du = down_up.poll(cx, Pin::new(&mut *downstream), Pin::new(&mut *upstream))?;
+        let ud = up_down.poll(cx, Pin::new(&mut *upstream), Pin::new(&mut *downstream))?;
+        match (du, ud) {
+            (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
+        }
+    });
     let outcome = tokio::select! {
-        r = copy_both(&mut counted, upstream) => match r {
+        r = both => match r {
             Ok(()) => Outcome::Done,
             Err(e) => Outcome::Io(e),
         },
@@ -81,38 +151,26 @@ where
     (
         outcome,
         Transferred {
-            received: counted.read,
-            sent: counted.written,
+            received: down_up.read,
+            sent: up_down.written,
         },
     )
 }
 
-async fn copy_both<A, B>(a: &mut A, b: &mut B) -> io::Result<()>
-where
-    A: ReadReady + AsyncWrite + Unpin + ?Sized,
-    B: ReadReady + AsyncWrite + Unpin + ?Sized,
-{
-    let (mut a_to_b, mut b_to_a) = (Direction::new(), Direction::new());
-    std::future::poll_fn(|cx| {
-        let ab = a_to_b.poll(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
-        let ba = b_to_a.poll(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
-        match (ab, ba) {
-            (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok(())),
-            _ => Poll::Pending,
-        }
-    })
-    .await
-}
-
-/// One direction of a copy. It holds a buffer only while bytes flow: waiting for data it has
-/// none, and once a read finds nothing more it gives the buffer back. The buffer's size
-/// starts small and grows while reads fill it, and the size is kept for the next burst.
+/// One direction of a copy. It holds memory only while bytes flow: waiting for data it has
+/// none, and once a read finds nothing more it gives its buffer back. A socket reader's
+/// buffer starts small and grows while reads fill it, and the size is kept for the next burst.
+/// What was read moves on as a chunk of that buffer, so the writer (h2) may keep it until it
+/// is on the wire while the next read goes into fresh space.
 struct Direction {
-    /// `buf[pos..]` was read but not yet written; no allocation while the direction is idle.
+    /// Spare capacity a socket reader reads into; none while the direction is idle.
     buf: BytesMut,
-    pos: usize,
-    /// Capacity of the next buffer taken.
+    /// Read but not yet written.
+    chunk: Bytes,
+    /// Capacity the next read gets.
     size: usize,
+    read: u64,
+    written: u64,
     read_done: bool,
     need_flush: bool,
     done: bool,
@@ -122,18 +180,20 @@ impl Direction {
     fn new() -> Self {
         Direction {
             buf: BytesMut::new(),
-            pos: 0,
+            chunk: Bytes::new(),
             size: INITIAL_BUF,
+            read: 0,
+            written: 0,
             read_done: false,
             need_flush: false,
             done: false,
         }
     }
 
-    /// Whether this direction holds a buffer now.
+    /// Whether this direction holds any memory now.
     #[cfg(test)]
     fn holds_buffer(&self) -> bool {
-        self.buf.capacity() > 0
+        self.buf.capacity() > 0 || !self.chunk.is_empty()
     }
 
     /// Ready once the reader hit EOF and everything was written and the writer shut down.
@@ -144,34 +204,28 @@ impl Direction {
         mut writer: Pin<&mut W>,
     ) -> Poll<io::Result<()>>
     where
-        R: ReadReady + ?Sized,
-        W: AsyncWrite + ?Sized,
+        R: Source + ?Sized,
+        W: Sink + ?Sized,
     {
         if self.done {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if self.pos == self.buf.len() && !self.read_done {
-                if self.buf.capacity() == 0 {
-                    if reader.as_mut().poll_read_ready(cx)?.is_pending() {
-                        return self.idle(cx, writer);
-                    }
-                    self.buf = BytesMut::with_capacity(self.size);
-                } else if self.buf.capacity() < self.size {
-                    // Only between reads (nothing buffered), so growing never moves data.
-                    self.buf = BytesMut::with_capacity(self.size);
+            if self.chunk.is_empty() && !self.read_done {
+                if self.buf.capacity() == 0 && reader.as_mut().poll_read_ready(cx)?.is_pending() {
+                    return self.idle(cx, writer);
                 }
-                self.buf.clear();
-                self.pos = 0;
-                match tokio_util::io::poll_read_buf(reader.as_mut(), cx, &mut self.buf) {
-                    Poll::Ready(Ok(0)) => {
+                match reader.as_mut().poll_chunk(cx, &mut self.buf, self.size) {
+                    Poll::Ready(Ok(None)) => {
                         self.read_done = true;
                         self.buf = BytesMut::new();
                     }
-                    Poll::Ready(Ok(n)) => {
-                        if n == self.buf.capacity() {
+                    Poll::Ready(Ok(Some(chunk))) => {
+                        if chunk.len() >= self.size {
                             self.size = (self.size * GROWTH).min(MAX_BUF);
                         }
+                        self.read += chunk.len() as u64;
+                        self.chunk = chunk;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
@@ -181,17 +235,19 @@ impl Direction {
                     }
                 }
             }
-            while self.pos < self.buf.len() {
-                let n = ready!(writer.as_mut().poll_write(cx, &self.buf[self.pos..]))?;
+            while !self.chunk.is_empty() {
+                let n = ready!(writer.as_mut().poll_write_chunk(cx, &mut self.chunk))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::WriteZero,
                         "peer accepted no more bytes",
                     )));
                 }
-                self.pos += n;
+                self.written += n as u64;
                 self.need_flush = true;
             }
+            // An empty chunk still pins the allocation it was cut from.
+            self.chunk = Bytes::new();
             if self.read_done {
                 ready!(writer.as_mut().poll_flush(cx))?;
                 ready!(writer.as_mut().poll_shutdown(cx))?;
@@ -212,53 +268,6 @@ impl Direction {
             self.need_flush = false;
         }
         Poll::Pending
-    }
-}
-
-struct Counted<'a, S: ?Sized> {
-    inner: &'a mut S,
-    read: u64,
-    written: u64,
-}
-
-impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Counted<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        self.read += (buf.filled().len() - before) as u64;
-        r
-    }
-}
-
-impl<S: ReadReady + Unpin + ?Sized> ReadReady for Counted<'_, S> {
-    fn poll_read_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().inner).poll_read_ready(cx)
-    }
-}
-
-impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Counted<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut *self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &r {
-            self.written += *n as u64;
-        }
-        r
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 }
 

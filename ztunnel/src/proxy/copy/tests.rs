@@ -4,6 +4,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use bytes::Bytes;
+
 use super::*;
 
 /// Both ends of a loopback TCP connection: copies need readers that report readiness.
@@ -157,4 +159,68 @@ async fn idle_direction_holds_no_buffer_yet_copies_every_byte_and_the_half_close
     let mut back = [0; 5];
     to.read_exact(&mut back).await.unwrap();
     assert_eq!(&back, b"reply");
+}
+
+/// A writer that keeps every chunk it is given, as h2 does until the frame is on the wire.
+#[derive(Default)]
+struct Holding {
+    chunks: Vec<Bytes>,
+}
+
+impl AsyncWrite for Holding {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        self.get_mut().chunks.push(Bytes::copy_from_slice(b));
+        Poll::Ready(Ok(b.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Sink for Holding {
+    fn poll_write_chunk(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        let n = chunk.len().min(7_000);
+        self.get_mut().chunks.push(chunk.split_to(n));
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// Chunks handed on without a copy share the direction's buffer: reads after them, including
+/// ones into a reclaimed or regrown buffer, must never overwrite bytes a writer still holds.
+#[tokio::test]
+async fn chunks_a_writer_still_holds_are_never_overwritten() {
+    let (mut client, mut from) = tcp_pair().await;
+    let mut dir = Direction::new();
+    let mut sink = Holding::default();
+    let data: Vec<u8> = (0..3 * MAX_BUF + 11).map(|i| (i % 249) as u8).collect();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        for piece in sent.chunks(10_000) {
+            client.write_all(piece).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        client.shutdown().await.unwrap();
+    });
+    let done = tokio::time::timeout(
+        Duration::from_secs(10),
+        poll_fn(|cx| dir.poll(cx, Pin::new(&mut from), Pin::new(&mut sink))),
+    )
+    .await
+    .unwrap();
+    done.unwrap();
+    writer.await.unwrap();
+    let held: Vec<u8> = sink.chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    assert!(held == data, "held {} bytes, not the sent ones", held.len());
+    assert_eq!(dir.read, data.len() as u64);
+    assert_eq!(dir.written, data.len() as u64);
+    assert!(!dir.holds_buffer(), "a finished direction keeps no memory");
 }
