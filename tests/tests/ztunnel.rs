@@ -346,6 +346,33 @@ fn pod_to_pod_same_node_and_across_nodes_with_identities(capture: Capture) {
             .any(|l| l.contains(&spiffe("b"))),
         "same-node delivery to b was not through HBONE: {z1_log}"
     );
+
+    // Both ends of a same-node tunnel are n1's ztunnel: its HBONE connection is an in-process
+    // pipe, so no TCP connection to 15008 exists in b's namespace, while c's has the one from
+    // n1. Both tunnels are held open while looking.
+    let _to_b = echo(a, m.pod("b").addr_v4(8080), b"held to b").expect("a -> b");
+    let _to_c = echo(a, m.pod("c").addr_v4(8080), b"held to c").expect("a -> c");
+    assert_eq!(hbone_connections_in(m.pod("b")), 0, "{}", m.z1.log());
+    assert!(hbone_connections_in(m.pod("c")) >= 1, "{}", m.z2.log());
+}
+
+/// Established TCP connections to the HBONE port inside `pod`'s namespace (`ss` there).
+fn hbone_connections_in(pod: &Pod) -> usize {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pod.netns,
+            "ss",
+            "-Htn",
+            "state",
+            "established",
+        ])
+        .args(["( sport = :15008 )"])
+        .output()
+        .expect("run ss in the pod");
+    assert!(out.status.success(), "ss failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
 fn service_vip_uses_both_endpoints(capture: Capture) {

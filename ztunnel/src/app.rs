@@ -56,6 +56,7 @@ pub async fn run(config_path: &Path, node: &str) -> anyhow::Result<()> {
         identities,
         metrics,
         tracker: Tracker::default(),
+        local: Default::default(),
         draining: CancellationToken::new(),
         stopped: CancellationToken::new(),
         tasks: TaskTracker::new(),

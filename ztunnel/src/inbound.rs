@@ -1,14 +1,16 @@
-//! The inbound proxies of an enrolled pod: HBONE (mutual TLS, port 15008) and plaintext
-//! (connections captured without a tunnel, port 15006). Both authorize, then deliver to the app
-//! inside the pod's namespace.
+//! The inbound proxies of an enrolled pod: HBONE (mutual TLS, port 15008, or an in-process pipe
+//! for tunnels from pods of this node) and plaintext (connections captured without a tunnel,
+//! port 15006). Both authorize, then deliver to the app inside the pod's namespace.
 
 pub mod deliver;
 pub mod hbone;
+pub mod local;
 pub mod plaintext;
 pub mod tracker;
 
 use std::net::SocketAddr;
 
+pub use local::Local;
 pub use tracker::Tracker;
 
 use crate::authz::{self, Decision};

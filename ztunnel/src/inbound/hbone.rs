@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -35,34 +36,47 @@ pub async fn serve(
         &pod,
         listener,
         "inbound-hbone",
-        move |ctx, pod, s, peer| handle(ctx, pod, s, peer, acceptor.clone()),
+        move |ctx, pod, tcp, peer| {
+            let drain = ctx.draining.clone().cancelled_owned();
+            handle(
+                ctx,
+                pod,
+                tls::ReadAhead::new(tcp),
+                peer,
+                acceptor.clone(),
+                drain,
+            )
+        },
     )
     .await
 }
 
-async fn handle(
+/// Serves one HBONE connection from `peer` over `io` (a TCP connection, or the pipe of a tunnel
+/// from a pod of this node) until the client closes it; when `drain` resolves it sends GOAWAY
+/// and lets the tunnels already accepted finish.
+pub(super) async fn handle<IO>(
     ctx: Arc<Context>,
     pod: Arc<Pod>,
-    tcp: TcpStream,
+    io: IO,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
-) {
-    let stream =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tls::ReadAhead::new(tcp)))
-            .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                ctx.metrics.inc_inbound_rejected(RejectReason::Tls);
-                tracing::info!(pod = %pod.uid, %peer, error = %e, "inbound TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                ctx.metrics.inc_inbound_rejected(RejectReason::Tls);
-                tracing::info!(pod = %pod.uid, %peer, "inbound TLS handshake timed out");
-                return;
-            }
-        };
+    drain: impl Future<Output = ()> + Send,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            ctx.metrics.inc_inbound_rejected(RejectReason::Tls);
+            tracing::info!(pod = %pod.uid, %peer, error = %e, "inbound TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            ctx.metrics.inc_inbound_rejected(RejectReason::Tls);
+            tracing::info!(pod = %pod.uid, %peer, "inbound TLS handshake timed out");
+            return;
+        }
+    };
     let peer_id = match tls::peer_identity(stream.get_ref().1) {
         Ok(id) => Arc::new(id),
         Err(e) => {
@@ -84,9 +98,7 @@ async fn handle(
             hbone::RejectReason::Headers => RejectReason::Headers,
         })
     });
-    let result = server
-        .serve(stream, ctx.draining.clone().cancelled_owned())
-        .await;
+    let result = server.serve(stream, drain).await;
     crate::memory::tunnel_connection_closed();
     if let Err(e) = result {
         tracing::debug!(pod = %pod.uid, %peer, error = %e, "HBONE connection ended with an error");

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use super::PoolKey;
 use crate::hbone;
 use crate::identity::Identity;
+use crate::inbound;
 use crate::metrics::labels::{canonical_revision, canonical_service};
 use crate::pod::Pod;
 use crate::proxy::{Context, Error, Fault, Kind};
@@ -49,22 +50,34 @@ pub async fn open(
         dst: dst_id.clone(),
         addr: peer,
     };
-    let client_conn = ctx
-        .pool
-        .get(key, || {
-            let ctx = ctx.clone();
-            let pod = pod.clone();
-            let dst_id = dst_id.clone();
-            async move { connect_tls(&ctx, &pod, peer, dst_id).await }
-        })
-        .await
-        .map_err(|e| {
-            Error::new(
-                Kind::Hbone,
-                Fault::Upstream,
-                format!("tunnel to {peer}: {e}"),
-            )
-        })?;
+    // Same node: the destination pod's HBONE server is in this process, so the tunnel's
+    // connection is a pipe to it rather than a TCP connection through the loopback.
+    let pooled = match ctx.local.get(target.ip()) {
+        Some(server) => {
+            ctx.pool
+                .get(key, || {
+                    let io = inbound::local::connect(ctx, &server, SocketAddr::new(src_ip, 0));
+                    let (ctx, pod, dst_id) = (ctx.clone(), pod.clone(), dst_id.clone());
+                    async move { handshake(&ctx, &pod, io, peer, dst_id).await }
+                })
+                .await
+        }
+        None => {
+            ctx.pool
+                .get(key, || {
+                    let (ctx, pod, dst_id) = (ctx.clone(), pod.clone(), dst_id.clone());
+                    async move { connect_tls(&ctx, &pod, peer, dst_id).await }
+                })
+                .await
+        }
+    };
+    let client_conn = pooled.map_err(|e| {
+        Error::new(
+            Kind::Hbone,
+            Fault::Upstream,
+            format!("tunnel to {peer}: {e}"),
+        )
+    })?;
     let mut headers = hbone::headers::outbound(client);
     if let Some(value) = src.and_then(|w| baggage(w).ok()) {
         headers.insert(hbone::headers::BAGGAGE, value);
@@ -117,6 +130,21 @@ async fn connect_tls(
         .map_err(|_| hbone::Error::Timeout)?
         .map_err(io_err)?;
     let _ = tcp.set_nodelay(true);
+    handshake(ctx, pod, tls::ReadAhead::new(tcp), peer, dst_id).await
+}
+
+/// The TLS client handshake of an HBONE connection over `io`, as `pod`, expecting `dst_id`.
+async fn handshake<IO>(
+    ctx: &Context,
+    pod: &Pod,
+    io: IO,
+    peer: SocketAddr,
+    dst_id: Arc<Identity>,
+) -> Result<tokio_rustls::client::TlsStream<IO>, hbone::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let io_err = |e: std::io::Error| hbone::Error::Io(e);
     let cert = ctx
         .identities
         .fetch(&pod.identity)
@@ -130,10 +158,7 @@ async fn connect_tls(
     .map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
     let connector = tokio_rustls::TlsConnector::from(config);
     connector
-        .connect(
-            ServerName::IpAddress(peer.ip().into()),
-            tls::ReadAhead::new(tcp),
-        )
+        .connect(ServerName::IpAddress(peer.ip().into()), io)
         .await
         .map_err(io_err)
 }

@@ -138,6 +138,7 @@ impl Registry {
         let mut running = self.running.lock().await;
         for (_, r) in running.drain() {
             if keep_capture {
+                self.ctx.local.remove(&r.pod);
                 r.pod.cancel.cancel();
             } else {
                 self.stop(r).await;
@@ -238,6 +239,7 @@ impl Registry {
             pod.clone(),
             plaintext_l,
         ));
+        ctx.local.insert(&pod, server_tls.clone());
         tokio::spawn(inbound::hbone::serve(
             ctx.clone(),
             pod.clone(),
@@ -259,6 +261,7 @@ impl Registry {
                 tracing::warn!(pod = %r.pod.uid, error = %e, "removing capture failed");
             }
         }
+        self.ctx.local.remove(&r.pod);
         r.pod.cancel.cancel();
         tracing::info!(pod = %r.pod.uid, "pod unenrolled");
     }

@@ -6,7 +6,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::hbone;
 use crate::identity;
-use crate::inbound::Tracker;
+use crate::inbound::{Local, Tracker};
 use crate::metrics::Metrics;
 use crate::outbound::PoolKey;
 use crate::state::Store;
@@ -21,6 +21,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Live inbound connections, re-checked against policy on every state change.
     pub tracker: Tracker,
+    /// This node's pods' inbound HBONE servers, for tunnels between two of them.
+    pub local: Local,
     /// Fired at SIGTERM: listeners stop accepting, HBONE servers send GOAWAY.
     pub draining: CancellationToken,
     /// Fired when the drain deadline passes: every remaining connection is closed.
