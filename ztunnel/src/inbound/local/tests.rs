@@ -15,7 +15,8 @@ fn pod(name: &str, ips: &[&str]) -> Arc<Pod> {
         uid: WorkloadUid(format!("default/{name}")),
         identity: Arc::new(Identity::new(TD, "default", name)),
         ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
-        netns: Netns::open(Path::new("/proc/self/ns/net")).unwrap(),
+        netns: Netns::open(Path::new("/proc/self/ns/net"))
+            .expect("entering our own network namespace needs root (CAP_SYS_ADMIN)"),
         cancel: CancellationToken::new(),
         capture: None,
     })
