@@ -33,6 +33,8 @@ const INITIAL_BUF: usize = 1024;
 const GROWTH: usize = 4;
 /// ...up to this, large enough that a multi-gigabit stream needs few syscalls.
 const MAX_BUF: usize = 256 * 1024;
+/// A read this small that did not fill its buffer releases the buffer's rest.
+const SMALL_READ: usize = 16 * 1024;
 
 /// A reader the copy takes owned chunks from, so that a chunk can be handed to the writer as
 /// it is: a socket reads into the direction's buffer and splits off what it read; an HBONE
@@ -79,8 +81,22 @@ impl Source for TcpStream {
             // a new one; the buffer is empty between reads, so nothing moves.
             buf.reserve(size);
         }
+        let spare = buf.capacity() - buf.len();
         let n = ready!(tokio_util::io::poll_read_buf(self, cx, buf))?;
-        Poll::Ready(Ok((n > 0).then(|| buf.split().freeze())))
+        if n == 0 {
+            return Poll::Ready(Ok(None));
+        }
+        let chunk = buf.split().freeze();
+        if n < spare && n <= SMALL_READ {
+            // A short read drained the socket and tokio cleared its readiness, so the next
+            // read could only find nothing after `reserve` had taken a new allocation (the rest
+            // of this one is pinned by the chunk until h2 has sent it): give the rest back now.
+            // Only for small reads (a request or a response): a bulk stream's short reads are
+            // followed by more at once, and a fresh 256 KiB per read would make glibc trim and
+            // refault its heap top.
+            *buf = BytesMut::new();
+        }
+        Poll::Ready(Ok(Some(chunk)))
     }
 }
 

@@ -224,3 +224,35 @@ async fn chunks_a_writer_still_holds_are_never_overwritten() {
     assert_eq!(dir.written, data.len() as u64);
     assert!(!dir.holds_buffer(), "a finished direction keeps no memory");
 }
+
+/// A read that found less than the buffer's room drained the socket: the rest of the buffer is
+/// given back at once, so the next wait for data (a request/response connection's usual state)
+/// holds no memory and the next read does not allocate beside the chunk still in flight.
+#[tokio::test]
+async fn a_short_read_gives_the_rest_of_the_buffer_back() {
+    let (mut client, mut from) = tcp_pair().await;
+    client.write_all(&[7; 100]).await.unwrap();
+    from.readable().await.unwrap();
+    let mut buf = BytesMut::new();
+    let chunk = poll_fn(|cx| Pin::new(&mut from).poll_chunk(cx, &mut buf, 4096))
+        .await
+        .unwrap()
+        .expect("100 bytes were sent");
+    assert_eq!(&chunk[..], &[7; 100][..]);
+    assert_eq!(buf.capacity(), 0, "the drained read kept its buffer's rest");
+
+    // A read that fills the room may have more behind it: its buffer is not shrunk to nothing
+    // by this rule (the split leaves no room, the next read reserves afresh).
+    client.write_all(&[8; 3000]).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3000 {
+        from.readable().await.unwrap();
+        let chunk = poll_fn(|cx| Pin::new(&mut from).poll_chunk(cx, &mut buf, 1024))
+            .await
+            .unwrap()
+            .expect("3000 bytes were sent");
+        assert!(chunk.len() <= 1024);
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, vec![8; 3000]);
+}
