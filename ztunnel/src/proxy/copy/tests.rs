@@ -241,8 +241,8 @@ async fn a_short_read_gives_the_rest_of_the_buffer_back() {
     assert_eq!(&chunk[..], &[7; 100][..]);
     assert_eq!(buf.capacity(), 0, "the drained read kept its buffer's rest");
 
-    // A read that fills the room may have more behind it: its buffer is not shrunk to nothing
-    // by this rule (the split leaves no room, the next read reserves afresh).
+    // Reads that fill their room (more may be behind them) still hand on every byte, in order,
+    // after the buffer was given back.
     client.write_all(&[8; 3000]).await.unwrap();
     let mut got = Vec::new();
     while got.len() < 3000 {
