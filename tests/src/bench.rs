@@ -56,6 +56,8 @@ struct Path {
     addr: SocketAddr,
     /// Whether only node n1's ztunnel carries it (both tunnel ends in one process).
     same_node: bool,
+    /// Which of the bench's echo servers answers it (iperf3 alone serves passthrough paths).
+    echo: Option<usize>,
 }
 
 struct Bench {
@@ -64,7 +66,7 @@ struct Bench {
     samples: Samples,
     client: NsRuntime,
     /// Echo servers in pods b and c.
-    _servers: Vec<NsRuntime>,
+    servers: Vec<NsRuntime>,
     hbone: Vec<Path>,
     passthrough: Vec<Path>,
 }
@@ -107,12 +109,14 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             server_netns: b.netns.clone(),
             addr: b.addr_v4(ECHO_PORT),
             same_node: true,
+            echo: Some(0),
         },
         Path {
             name: "cross-node HBONE",
             server_netns: c.netns.clone(),
             addr: c.addr_v4(ECHO_PORT),
             same_node: false,
+            echo: Some(1),
         },
     ];
     // Non-mesh destinations: node n1's own gateway address, and pod d (not in the config).
@@ -122,12 +126,14 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             server_netns: n1.netns.clone(),
             addr: SocketAddr::from((crate::topology::gateway_v4(1), ECHO_PORT)),
             same_node: true,
+            echo: None,
         },
         Path {
             name: "cross-node passthrough",
             server_netns: d.netns.clone(),
             addr: d.addr_v4(ECHO_PORT),
             same_node: false,
+            echo: None,
         },
     ];
     let iperf_servers = hbone
@@ -140,7 +146,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         opts: opts.clone(),
         samples: Samples::default(),
         client,
-        _servers: servers,
+        servers,
         hbone,
         passthrough,
         mesh,
@@ -204,6 +210,16 @@ fn cpu_seconds(pids: &[u32]) -> anyhow::Result<f64> {
     pids.iter().map(|p| proc::cpu_seconds(*p)).sum()
 }
 
+/// CPU seconds of the bench's client thread and of `path`'s echo server thread so far: what
+/// the two endpoints spend, direct or through the mesh, against which ztunnel's CPU reads.
+fn endpoint_seconds(client: &NsRuntime, servers: &[NsRuntime], path: &Path) -> anyhow::Result<f64> {
+    let server = path
+        .echo
+        .and_then(|i| servers.get(i))
+        .context("this path has no echo server of the bench's")?;
+    Ok(client.cpu_seconds()? + server.cpu_seconds()?)
+}
+
 fn context_switches(pids: &[u32]) -> anyhow::Result<(u64, u64)> {
     pids.iter().try_fold((0, 0), |(v, i), p| {
         let (pv, pi) = proc::context_switches(*p)?;
@@ -257,12 +273,21 @@ impl Bench {
             let pids = ztunnel_pids(daemons, path);
             if !self.opts.measures("latency") {
                 if self.opts.measures("connections") {
-                    Self::connections(&self.client, &mut self.samples, d, mode, path, &pids)?;
+                    Self::connections(
+                        &self.client,
+                        &self.servers,
+                        &mut self.samples,
+                        d,
+                        mode,
+                        path,
+                        &pids,
+                    )?;
                 }
                 continue;
             }
             let before = cpu_seconds(&pids)?;
             let switches_before = context_switches(&pids)?;
+            let endpoints_before = endpoint_seconds(&self.client, &self.servers, path)?;
             let fixed = load::fixed_rate(
                 &self.client,
                 path.addr,
@@ -271,6 +296,14 @@ impl Bench {
             )
             .with_context(|| format!("{mode} fixed-rate latency, {}", path.name))?;
             let spent = cpu_seconds(&pids)? - before;
+            let endpoints = endpoint_seconds(&self.client, &self.servers, path)? - endpoints_before;
+            self.samples.add(
+                format!(
+                    "cpu/{}/{FIXED_RATE}rps/endpoints_us_per_request/{mode}",
+                    path.name
+                ),
+                endpoints * 1e6 / fixed.requests as f64,
+            );
             let key = format!("latency/{}/{FIXED_RATE}rps", path.name);
             for (q, v) in [
                 ("p50", fixed.p50),
@@ -302,9 +335,15 @@ impl Bench {
             }
 
             let before = cpu_seconds(&pids)?;
+            let endpoints_before = endpoint_seconds(&self.client, &self.servers, path)?;
             let max = load::max_rate(&self.client, path.addr, d)
                 .with_context(|| format!("{mode} max-rate latency, {}", path.name))?;
             let spent = cpu_seconds(&pids)? - before;
+            let endpoints = endpoint_seconds(&self.client, &self.servers, path)? - endpoints_before;
+            self.samples.add(
+                format!("cpu/{}/max/endpoints_us_per_request/{mode}", path.name),
+                endpoints * 1e6 / max.requests as f64,
+            );
             let key = format!("latency/{}/max", path.name);
             self.samples.add(format!("{key}/rps/{mode}"), max.rate);
             for (q, v) in [
@@ -323,7 +362,15 @@ impl Bench {
             }
 
             if self.opts.measures("connections") {
-                Self::connections(&self.client, &mut self.samples, d, mode, path, &pids)?;
+                Self::connections(
+                    &self.client,
+                    &self.servers,
+                    &mut self.samples,
+                    d,
+                    mode,
+                    path,
+                    &pids,
+                )?;
             }
         }
         let hbone: &[Path] = if self.opts.measures("throughput") {
@@ -359,6 +406,7 @@ impl Bench {
 
     fn connections(
         client: &NsRuntime,
+        servers: &[NsRuntime],
         samples: &mut Samples,
         d: Duration,
         mode: &str,
@@ -366,19 +414,25 @@ impl Bench {
         pids: &[u32],
     ) -> anyhow::Result<()> {
         let before = cpu_seconds(pids)?;
+        let endpoints_before = endpoint_seconds(client, servers, path)?;
         let (rate, failed) = load::connection_rate(client, path.addr, d)
             .with_context(|| format!("{mode} connection rate, {}", path.name))?;
         let spent = cpu_seconds(pids)? - before;
+        let endpoints = endpoint_seconds(client, servers, path)? - endpoints_before;
         anyhow::ensure!(
             failed as f64 <= rate * d.as_secs_f64() * 0.01,
             "{mode} connection rate, {}: {failed} of the connections failed",
             path.name
         );
         samples.add(format!("connections/{}/{mode}", path.name), rate);
+        let made = rate * d.as_secs_f64();
+        samples.add(
+            format!("cpu/{}/endpoints_us_per_connection/{mode}", path.name),
+            endpoints * 1e6 / made.max(1.0),
+        );
         if !pids.is_empty() {
             // Like CPU per GB: what a change saves, where the rate mostly shows the competition
             // for the 2 cores.
-            let made = rate * d.as_secs_f64();
             samples.add(
                 format!("cpu/{}/us_per_connection", path.name),
                 spent * 1e6 / made.max(1.0),
@@ -560,6 +614,15 @@ impl Bench {
                 format!("cpu/{}/us_per_connection", path.name),
                 Compare::None,
             ));
+            let endpoints = format!("cpu/{}/endpoints_us_per_connection", path.name);
+            rows.push(row(
+                path.name.to_owned(),
+                "client + echo server CPU per new connection (the endpoints, not ztunnel)",
+                "µs",
+                Some(format!("{endpoints}/direct")),
+                format!("{endpoints}/mesh"),
+                Compare::Ratio,
+            ));
             rows.push(row(
                 path.name.to_owned(),
                 &format!("ztunnel CPU per request at {FIXED_RATE} req/s{both}"),
@@ -567,6 +630,17 @@ impl Bench {
                 None,
                 format!("cpu/{}/{FIXED_RATE}rps/us_per_request", path.name),
                 Compare::AtMost(40.0),
+            ));
+            let endpoints = format!("cpu/{}/{FIXED_RATE}rps/endpoints_us_per_request", path.name);
+            rows.push(row(
+                path.name.to_owned(),
+                &format!(
+                    "client + echo server CPU per request at {FIXED_RATE} req/s (the endpoints)"
+                ),
+                "µs",
+                Some(format!("{endpoints}/direct")),
+                format!("{endpoints}/mesh"),
+                Compare::Ratio,
             ));
             for (kind, why) in [
                 ("voluntary", "blocked, then woken"),
@@ -585,11 +659,20 @@ impl Bench {
             }
             rows.push(row(
                 path.name.to_owned(),
-                "ztunnel CPU per request at max rate",
+                &format!("ztunnel CPU per request at max rate{both}"),
                 "µs",
                 None,
                 format!("cpu/{}/max/us_per_request", path.name),
                 Compare::None,
+            ));
+            let endpoints = format!("cpu/{}/max/endpoints_us_per_request", path.name);
+            rows.push(row(
+                path.name.to_owned(),
+                "client + echo server CPU per request at max rate (the endpoints)",
+                "µs",
+                Some(format!("{endpoints}/direct")),
+                format!("{endpoints}/mesh"),
+                Compare::Ratio,
             ));
         }
         rows.push(row(

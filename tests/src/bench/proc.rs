@@ -35,8 +35,17 @@ fn status_bytes<const N: usize>(pid: u32, fields: [&str; N]) -> anyhow::Result<[
 
 /// User + system CPU time of `pid` (all threads) in seconds.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// User + system CPU time of thread `tid` of this process in seconds.
+pub fn thread_cpu_seconds(tid: i32) -> anyhow::Result<f64> {
+    stat_cpu_seconds(&format!("/proc/self/task/{tid}/stat"))
+}
+
+/// utime + stime of a `stat` file (a process's or one thread's) in seconds.
+fn stat_cpu_seconds(path: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) may contain spaces; fields after its closing paren are fixed.
     let rest = stat
         .rsplit_once(')')

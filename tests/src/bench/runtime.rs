@@ -14,6 +14,8 @@ use tokio::sync::oneshot;
 
 pub struct NsRuntime {
     handle: tokio::runtime::Handle,
+    /// The runtime thread's id, for its CPU time.
+    tid: i32,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -37,7 +39,8 @@ impl NsRuntime {
                     });
                 match rt {
                     Ok(rt) => {
-                        let _ = handle_tx.send(Ok(rt.handle().clone()));
+                        let tid = nix::unistd::gettid().as_raw();
+                        let _ = handle_tx.send(Ok((rt.handle().clone(), tid)));
                         // Driving this future also drives every task spawned on the handle.
                         rt.block_on(async {
                             let _ = stop_rx.await;
@@ -49,15 +52,21 @@ impl NsRuntime {
                 }
             })
             .context("cannot spawn a runtime thread")?;
-        let handle = handle_rx
+        let (handle, tid) = handle_rx
             .recv()
             .context("runtime thread died before starting")?
             .with_context(|| format!("cannot start a runtime in {}", netns.display()))?;
         Ok(NsRuntime {
             handle,
+            tid,
             stop: Some(stop),
             thread: Some(thread),
         })
+    }
+
+    /// User + system CPU time of the runtime's thread (all of its tasks) so far, in seconds.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        super::proc::thread_cpu_seconds(self.tid)
     }
 
     /// Spawns `fut` on the namespace's thread without waiting.
