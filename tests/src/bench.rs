@@ -271,96 +271,85 @@ impl Bench {
         let a = self.mesh.topo.pod("a").netns.clone();
         for path in &self.hbone {
             let pids = ztunnel_pids(daemons, path);
-            if !self.opts.measures("latency") {
-                if self.opts.measures("connections") {
-                    Self::connections(
-                        &self.client,
-                        &self.servers,
-                        &mut self.samples,
-                        d,
-                        mode,
-                        path,
-                        &pids,
-                    )?;
+            if self.opts.measures("latency") {
+                let before = cpu_seconds(&pids)?;
+                let switches_before = context_switches(&pids)?;
+                let endpoints_before = endpoint_seconds(&self.client, &self.servers, path)?;
+                let fixed = load::fixed_rate(
+                    &self.client,
+                    path.addr,
+                    FIXED_RATE,
+                    self.opts.latency_duration,
+                )
+                .with_context(|| format!("{mode} fixed-rate latency, {}", path.name))?;
+                let spent = cpu_seconds(&pids)? - before;
+                let endpoints =
+                    endpoint_seconds(&self.client, &self.servers, path)? - endpoints_before;
+                self.samples.add(
+                    format!(
+                        "cpu/{}/{FIXED_RATE}rps/endpoints_us_per_request/{mode}",
+                        path.name
+                    ),
+                    endpoints * 1e6 / fixed.requests as f64,
+                );
+                let key = format!("latency/{}/{FIXED_RATE}rps", path.name);
+                for (q, v) in [
+                    ("p50", fixed.p50),
+                    ("p90", fixed.p90),
+                    ("p99", fixed.p99),
+                    ("p99.9", fixed.p999),
+                ] {
+                    self.samples.add(format!("{key}/{q}/{mode}"), v);
                 }
-                continue;
-            }
-            let before = cpu_seconds(&pids)?;
-            let switches_before = context_switches(&pids)?;
-            let endpoints_before = endpoint_seconds(&self.client, &self.servers, path)?;
-            let fixed = load::fixed_rate(
-                &self.client,
-                path.addr,
-                FIXED_RATE,
-                self.opts.latency_duration,
-            )
-            .with_context(|| format!("{mode} fixed-rate latency, {}", path.name))?;
-            let spent = cpu_seconds(&pids)? - before;
-            let endpoints = endpoint_seconds(&self.client, &self.servers, path)? - endpoints_before;
-            self.samples.add(
-                format!(
-                    "cpu/{}/{FIXED_RATE}rps/endpoints_us_per_request/{mode}",
-                    path.name
-                ),
-                endpoints * 1e6 / fixed.requests as f64,
-            );
-            let key = format!("latency/{}/{FIXED_RATE}rps", path.name);
-            for (q, v) in [
-                ("p50", fixed.p50),
-                ("p90", fixed.p90),
-                ("p99", fixed.p99),
-                ("p99.9", fixed.p999),
-            ] {
-                self.samples.add(format!("{key}/{q}/{mode}"), v);
-            }
-            if daemons.is_some() {
-                let requests = fixed.requests as f64;
-                self.samples.add(
-                    format!("cpu/{}/{FIXED_RATE}rps/us_per_request", path.name),
-                    spent * 1e6 / requests,
-                );
-                let (voluntary, involuntary) = context_switches(&pids)?;
-                let (voluntary, involuntary) = (
-                    voluntary - switches_before.0,
-                    involuntary - switches_before.1,
-                );
-                self.samples.add(
-                    format!("switches/{}/{FIXED_RATE}rps/voluntary", path.name),
-                    voluntary as f64 / requests,
-                );
-                self.samples.add(
-                    format!("switches/{}/{FIXED_RATE}rps/involuntary", path.name),
-                    involuntary as f64 / requests,
-                );
-            }
+                if daemons.is_some() {
+                    let requests = fixed.requests as f64;
+                    self.samples.add(
+                        format!("cpu/{}/{FIXED_RATE}rps/us_per_request", path.name),
+                        spent * 1e6 / requests,
+                    );
+                    let (voluntary, involuntary) = context_switches(&pids)?;
+                    let (voluntary, involuntary) = (
+                        voluntary - switches_before.0,
+                        involuntary - switches_before.1,
+                    );
+                    self.samples.add(
+                        format!("switches/{}/{FIXED_RATE}rps/voluntary", path.name),
+                        voluntary as f64 / requests,
+                    );
+                    self.samples.add(
+                        format!("switches/{}/{FIXED_RATE}rps/involuntary", path.name),
+                        involuntary as f64 / requests,
+                    );
+                }
 
-            let before = cpu_seconds(&pids)?;
-            let endpoints_before = endpoint_seconds(&self.client, &self.servers, path)?;
-            let max = load::max_rate(&self.client, path.addr, d)
-                .with_context(|| format!("{mode} max-rate latency, {}", path.name))?;
-            let spent = cpu_seconds(&pids)? - before;
-            let endpoints = endpoint_seconds(&self.client, &self.servers, path)? - endpoints_before;
-            self.samples.add(
-                format!("cpu/{}/max/endpoints_us_per_request/{mode}", path.name),
-                endpoints * 1e6 / max.requests as f64,
-            );
-            let key = format!("latency/{}/max", path.name);
-            self.samples.add(format!("{key}/rps/{mode}"), max.rate);
-            for (q, v) in [
-                ("p50", max.p50),
-                ("p90", max.p90),
-                ("p99", max.p99),
-                ("p99.9", max.p999),
-            ] {
-                self.samples.add(format!("{key}/{q}/{mode}"), v);
-            }
-            if daemons.is_some() {
+                let before = cpu_seconds(&pids)?;
+                let endpoints_before = endpoint_seconds(&self.client, &self.servers, path)?;
+                let max = load::max_rate(&self.client, path.addr, d)
+                    .with_context(|| format!("{mode} max-rate latency, {}", path.name))?;
+                let spent = cpu_seconds(&pids)? - before;
+                let endpoints =
+                    endpoint_seconds(&self.client, &self.servers, path)? - endpoints_before;
                 self.samples.add(
-                    format!("cpu/{}/max/us_per_request", path.name),
-                    spent * 1e6 / max.requests as f64,
+                    format!("cpu/{}/max/endpoints_us_per_request/{mode}", path.name),
+                    endpoints * 1e6 / max.requests as f64,
                 );
+                let key = format!("latency/{}/max", path.name);
+                self.samples.add(format!("{key}/rps/{mode}"), max.rate);
+                for (q, v) in [
+                    ("p50", max.p50),
+                    ("p90", max.p90),
+                    ("p99", max.p99),
+                    ("p99.9", max.p999),
+                ] {
+                    self.samples.add(format!("{key}/{q}/{mode}"), v);
+                }
+                if daemons.is_some() {
+                    self.samples.add(
+                        format!("cpu/{}/max/us_per_request", path.name),
+                        spent * 1e6 / max.requests as f64,
+                    );
+                }
             }
-
             if self.opts.measures("connections") {
                 Self::connections(
                     &self.client,
