@@ -220,6 +220,29 @@ fn endpoint_seconds(client: &NsRuntime, servers: &[NsRuntime], path: &Path) -> a
     Ok(client.cpu_seconds()? + server.cpu_seconds()?)
 }
 
+/// CPU seconds ztunnel (`pids`) and `path`'s endpoints spent while `run` ran.
+struct Spent {
+    ztunnel: f64,
+    endpoints: f64,
+}
+
+fn spent_during<T>(
+    pids: &[u32],
+    client: &NsRuntime,
+    servers: &[NsRuntime],
+    path: &Path,
+    run: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Spent)> {
+    let ztunnel = cpu_seconds(pids)?;
+    let endpoints = endpoint_seconds(client, servers, path)?;
+    let out = run()?;
+    let spent = Spent {
+        ztunnel: cpu_seconds(pids)? - ztunnel,
+        endpoints: endpoint_seconds(client, servers, path)? - endpoints,
+    };
+    Ok((out, spent))
+}
+
 fn context_switches(pids: &[u32]) -> anyhow::Result<(u64, u64)> {
     pids.iter().try_fold((0, 0), |(v, i), p| {
         let (pv, pi) = proc::context_switches(*p)?;
@@ -272,25 +295,23 @@ impl Bench {
         for path in &self.hbone {
             let pids = ztunnel_pids(daemons, path);
             if self.opts.measures("latency") {
-                let before = cpu_seconds(&pids)?;
                 let switches_before = context_switches(&pids)?;
-                let endpoints_before = endpoint_seconds(&self.client, &self.servers, path)?;
-                let fixed = load::fixed_rate(
-                    &self.client,
-                    path.addr,
-                    FIXED_RATE,
-                    self.opts.latency_duration,
-                )
-                .with_context(|| format!("{mode} fixed-rate latency, {}", path.name))?;
-                let spent = cpu_seconds(&pids)? - before;
-                let endpoints =
-                    endpoint_seconds(&self.client, &self.servers, path)? - endpoints_before;
+                let (fixed, spent) =
+                    spent_during(&pids, &self.client, &self.servers, path, || {
+                        load::fixed_rate(
+                            &self.client,
+                            path.addr,
+                            FIXED_RATE,
+                            self.opts.latency_duration,
+                        )
+                        .with_context(|| format!("{mode} fixed-rate latency, {}", path.name))
+                    })?;
                 self.samples.add(
                     format!(
                         "cpu/{}/{FIXED_RATE}rps/endpoints_us_per_request/{mode}",
                         path.name
                     ),
-                    endpoints * 1e6 / fixed.requests as f64,
+                    spent.endpoints * 1e6 / fixed.requests as f64,
                 );
                 let key = format!("latency/{}/{FIXED_RATE}rps", path.name);
                 for (q, v) in [
@@ -305,7 +326,7 @@ impl Bench {
                     let requests = fixed.requests as f64;
                     self.samples.add(
                         format!("cpu/{}/{FIXED_RATE}rps/us_per_request", path.name),
-                        spent * 1e6 / requests,
+                        spent.ztunnel * 1e6 / requests,
                     );
                     let (voluntary, involuntary) = context_switches(&pids)?;
                     let (voluntary, involuntary) = (
@@ -322,16 +343,13 @@ impl Bench {
                     );
                 }
 
-                let before = cpu_seconds(&pids)?;
-                let endpoints_before = endpoint_seconds(&self.client, &self.servers, path)?;
-                let max = load::max_rate(&self.client, path.addr, d)
-                    .with_context(|| format!("{mode} max-rate latency, {}", path.name))?;
-                let spent = cpu_seconds(&pids)? - before;
-                let endpoints =
-                    endpoint_seconds(&self.client, &self.servers, path)? - endpoints_before;
+                let (max, spent) = spent_during(&pids, &self.client, &self.servers, path, || {
+                    load::max_rate(&self.client, path.addr, d)
+                        .with_context(|| format!("{mode} max-rate latency, {}", path.name))
+                })?;
                 self.samples.add(
                     format!("cpu/{}/max/endpoints_us_per_request/{mode}", path.name),
-                    endpoints * 1e6 / max.requests as f64,
+                    spent.endpoints * 1e6 / max.requests as f64,
                 );
                 let key = format!("latency/{}/max", path.name);
                 self.samples.add(format!("{key}/rps/{mode}"), max.rate);
@@ -346,7 +364,7 @@ impl Bench {
                 if daemons.is_some() {
                     self.samples.add(
                         format!("cpu/{}/max/us_per_request", path.name),
-                        spent * 1e6 / max.requests as f64,
+                        spent.ztunnel * 1e6 / max.requests as f64,
                     );
                 }
             }
@@ -402,12 +420,10 @@ impl Bench {
         path: &Path,
         pids: &[u32],
     ) -> anyhow::Result<()> {
-        let before = cpu_seconds(pids)?;
-        let endpoints_before = endpoint_seconds(client, servers, path)?;
-        let (rate, failed) = load::connection_rate(client, path.addr, d)
-            .with_context(|| format!("{mode} connection rate, {}", path.name))?;
-        let spent = cpu_seconds(pids)? - before;
-        let endpoints = endpoint_seconds(client, servers, path)? - endpoints_before;
+        let ((rate, failed), spent) = spent_during(pids, client, servers, path, || {
+            load::connection_rate(client, path.addr, d)
+                .with_context(|| format!("{mode} connection rate, {}", path.name))
+        })?;
         anyhow::ensure!(
             failed as f64 <= rate * d.as_secs_f64() * 0.01,
             "{mode} connection rate, {}: {failed} of the connections failed",
@@ -417,14 +433,14 @@ impl Bench {
         let made = rate * d.as_secs_f64();
         samples.add(
             format!("cpu/{}/endpoints_us_per_connection/{mode}", path.name),
-            endpoints * 1e6 / made.max(1.0),
+            spent.endpoints * 1e6 / made.max(1.0),
         );
         if !pids.is_empty() {
             // Like CPU per GB: what a change saves, where the rate mostly shows the competition
             // for the 2 cores.
             samples.add(
                 format!("cpu/{}/us_per_connection", path.name),
-                spent * 1e6 / made.max(1.0),
+                spent.ztunnel * 1e6 / made.max(1.0),
             );
         }
         // Let the TIME_WAIT sockets of the connection run drain a little before the next.
