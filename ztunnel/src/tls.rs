@@ -5,16 +5,17 @@
 
 use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 
 use crate::identity::{Identity, WorkloadCert};
 
+mod provider;
 mod read_ahead;
 mod resolve;
 mod verify;
 
+pub use provider::provider;
 pub use read_ahead::ReadAhead;
 pub use verify::{check_peer_trust_domain, Rejected};
 
@@ -53,33 +54,6 @@ fn join(ids: &[Identity]) -> String {
         .map(Identity::to_string)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// The crypto provider every HBONE config uses; built once per config (it is cheap).
-///
-/// aws-lc-rs for everything but the AES-GCM record ciphers, which come from ring: on CPUs with
-/// VAES and VPCLMULQDQ but no AVX-512 (AMD Zen 3, Intel Alder Lake and later client cores)
-/// ring has a 256-bit VAES implementation where aws-lc falls back to 128-bit AES-NI, and
-/// encrypting and decrypting the tunnels' bytes is the largest part of ztunnel's CPU per byte
-/// (2.3 against 4.7-6.5 GB/s for AES-256-GCM on 16 KiB records on the benchmark machine).
-/// The suites, their order and so what is negotiated are aws-lc-rs's defaults, unchanged.
-pub fn provider() -> Arc<CryptoProvider> {
-    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    for suite in &mut provider.cipher_suites {
-        *suite = record_cipher(*suite);
-    }
-    Arc::new(provider)
-}
-
-/// ring's implementation of a TLS 1.3 AES-GCM suite; other suites as they are.
-fn record_cipher(suite: rustls::SupportedCipherSuite) -> rustls::SupportedCipherSuite {
-    use rustls::crypto::ring::cipher_suite as ring;
-    use rustls::CipherSuite as Id;
-    match suite.suite() {
-        Id::TLS13_AES_256_GCM_SHA384 => ring::TLS13_AES_256_GCM_SHA384,
-        Id::TLS13_AES_128_GCM_SHA256 => ring::TLS13_AES_128_GCM_SHA256,
-        _ => suite,
-    }
 }
 
 fn roots(root: CertificateDer<'static>) -> Result<Arc<RootCertStore>, Error> {

@@ -83,12 +83,13 @@ async fn mutual_handshake_sees_both_identities() {
     assert_eq!(&buf, b"ready");
 }
 
-/// The record ciphers are swapped for ring's, nothing else: same suites in the same order,
-/// the AES-GCM ones ring's own, key exchange and signatures still aws-lc-rs's.
+/// Whichever record ciphers are chosen, nothing else changes: same suites in the same order,
+/// key exchange and signatures still aws-lc-rs's; with ring's, exactly the AES-GCM suites are
+/// ring's own, and with aws-lc's, none is.
 #[test]
-fn provider_offers_the_default_suites_with_ring_record_ciphers() {
-    use rustls::crypto::{aws_lc_rs, ring};
-    let ours = provider();
+fn provider_offers_the_default_suites_with_either_record_ciphers() {
+    use provider::{with_record_ciphers, RecordCiphers};
+    use rustls::crypto::{aws_lc_rs, ring, CryptoProvider};
     let default = aws_lc_rs::default_provider();
     let ids = |p: &CryptoProvider| {
         p.cipher_suites
@@ -96,7 +97,6 @@ fn provider_offers_the_default_suites_with_ring_record_ciphers() {
             .map(|s| s.suite())
             .collect::<Vec<_>>()
     };
-    assert_eq!(ids(&ours), ids(&default));
     let is_ring = |s: &rustls::SupportedCipherSuite| {
         use ring::cipher_suite as r;
         [
@@ -112,18 +112,60 @@ fn provider_offers_the_default_suites_with_ring_record_ciphers() {
             _ => false,
         })
     };
-    for suite in &ours.cipher_suites {
-        let aes_gcm = matches!(
-            suite.suite(),
-            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
-                | rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
-        );
-        assert_eq!(is_ring(suite), aes_gcm, "{:?}", suite.suite());
+    for ciphers in [RecordCiphers::Ring, RecordCiphers::AwsLc] {
+        let ours = with_record_ciphers(ciphers);
+        assert_eq!(ids(&ours), ids(&default), "{ciphers:?}");
+        for suite in &ours.cipher_suites {
+            let aes_gcm = matches!(
+                suite.suite(),
+                rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+                    | rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+            );
+            let expect_ring = aes_gcm && ciphers == RecordCiphers::Ring;
+            assert_eq!(
+                is_ring(suite),
+                expect_ring,
+                "{ciphers:?} {:?}",
+                suite.suite()
+            );
+        }
+        assert_eq!(ours.kx_groups.len(), default.kx_groups.len());
+        for (a, b) in ours.kx_groups.iter().zip(&default.kx_groups) {
+            assert_eq!(a.name(), b.name());
+        }
     }
-    assert_eq!(ours.kx_groups.len(), default.kx_groups.len());
-    for (a, b) in ours.kx_groups.iter().zip(&default.kx_groups) {
-        assert_eq!(a.name(), b.name());
-    }
+}
+
+/// aws-lc's record ciphers exactly where this CPU has every feature aws-lc's AVX-512 AES-GCM
+/// needs, read here from /proc/cpuinfo rather than through std's detection.
+#[cfg(target_os = "linux")]
+#[test]
+fn record_ciphers_follow_the_cpus_avx512_aes_gcm_features() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").expect("/proc/cpuinfo is readable");
+    let flags = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("flags"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, f)| f.split_whitespace().collect::<Vec<_>>())
+        .unwrap_or_default();
+    let needed = [
+        "vaes",
+        "vpclmulqdq",
+        "avx512f",
+        "avx512dq",
+        "avx512bw",
+        "avx512vl",
+    ];
+    let expected = if cfg!(target_arch = "x86_64") && needed.iter().all(|f| flags.contains(f)) {
+        provider::RecordCiphers::AwsLc
+    } else {
+        provider::RecordCiphers::Ring
+    };
+    assert_eq!(
+        provider::RecordCiphers::for_this_cpu(),
+        expected,
+        "flags: {flags:?}"
+    );
 }
 
 #[tokio::test]
