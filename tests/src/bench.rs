@@ -314,12 +314,7 @@ impl Bench {
                     spent.endpoints * 1e6 / fixed.requests as f64,
                 );
                 let key = format!("latency/{}/{FIXED_RATE}rps", path.name);
-                for (q, v) in [
-                    ("p50", fixed.p50),
-                    ("p90", fixed.p90),
-                    ("p99", fixed.p99),
-                    ("p99.9", fixed.p999),
-                ] {
+                for (q, v) in fixed.percentiles() {
                     self.samples.add(format!("{key}/{q}/{mode}"), v);
                 }
                 if daemons.is_some() {
@@ -353,12 +348,7 @@ impl Bench {
                 );
                 let key = format!("latency/{}/max", path.name);
                 self.samples.add(format!("{key}/rps/{mode}"), max.rate);
-                for (q, v) in [
-                    ("p50", max.p50),
-                    ("p90", max.p90),
-                    ("p99", max.p99),
-                    ("p99.9", max.p999),
-                ] {
+                for (q, v) in max.percentiles() {
                     self.samples.add(format!("{key}/{q}/{mode}"), v);
                 }
                 if daemons.is_some() {

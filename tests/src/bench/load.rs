@@ -91,6 +91,16 @@ pub struct Latency {
 }
 
 impl Latency {
+    /// The percentiles by the names the sample keys use.
+    pub fn percentiles(&self) -> [(&'static str, f64); 4] {
+        [
+            ("p50", self.p50),
+            ("p90", self.p90),
+            ("p99", self.p99),
+            ("p99.9", self.p999),
+        ]
+    }
+
     pub(crate) fn from(h: &Histogram<u64>, elapsed: Duration) -> Latency {
         let us = |q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
         Latency {
