@@ -13,10 +13,12 @@ use crate::identity::{Identity, WorkloadCert};
 mod provider;
 mod read_ahead;
 mod resolve;
+mod send_limit;
 mod verify;
 
 pub use provider::provider;
 pub use read_ahead::ReadAhead;
+pub use send_limit::{apply as apply_send_limit, Transport};
 pub use verify::{check_peer_trust_domain, Rejected};
 
 /// The only application protocol spoken inside HBONE tunnels.

@@ -62,9 +62,9 @@ pub(super) async fn handle<IO>(
     acceptor: TlsAcceptor,
     drain: impl Future<Output = ()> + Send,
 ) where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + tls::Transport + Unpin,
 {
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+    let mut stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             ctx.metrics.inc_inbound_rejected(RejectReason::Tls);
@@ -77,6 +77,7 @@ pub(super) async fn handle<IO>(
             return;
         }
     };
+    tls::apply_send_limit::<IO, _>(stream.get_mut().1);
     let peer_id = match tls::peer_identity(stream.get_ref().1) {
         Ok(id) => Arc::new(id),
         Err(e) => {

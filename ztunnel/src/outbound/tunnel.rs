@@ -142,7 +142,7 @@ async fn handshake<IO>(
     dst_id: Arc<Identity>,
 ) -> Result<tokio_rustls::client::TlsStream<IO>, hbone::Error>
 where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tls::Transport + Unpin,
 {
     let io_err = |e: std::io::Error| hbone::Error::Io(e);
     let cert = ctx
@@ -157,10 +157,12 @@ where
     )
     .map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
     let connector = tokio_rustls::TlsConnector::from(config);
-    connector
+    let mut stream = connector
         .connect(ServerName::IpAddress(peer.ip().into()), io)
         .await
-        .map_err(io_err)
+        .map_err(io_err)?;
+    tls::apply_send_limit::<IO, _>(stream.get_mut().1);
+    Ok(stream)
 }
 
 /// Source metadata in the form Istio's ztunnel sends, so the destination (or a waypoint) can
