@@ -338,3 +338,31 @@ fn peer_identity_requires_a_certificate() {
         Err(Error::NoPeerCertificate)
     ));
 }
+
+/// Over TCP rustls takes a whole 256 KiB DATA frame (header included) in one write, so it is
+/// sealed and sent in one go; over the in-process pipe it keeps its default of 64 KiB.
+#[tokio::test]
+async fn send_limit_fits_a_bulk_frame_over_tcp_only() {
+    use std::io::Write as _;
+    let m = mesh(Duration::from_secs(3600));
+    let frame = vec![0u8; 256 * 1024 + 9];
+    let mut accepted = Vec::new();
+    for over_tcp in [true, false] {
+        let a = m.fetch(&id("a")).await.unwrap();
+        let b = m.fetch(&id("b")).await.unwrap();
+        let (c, _s) = handshake(
+            client_config(a, root(&m), vec![id("b")]).unwrap(),
+            server_config(b, root(&m), TD).unwrap(),
+        )
+        .await;
+        let mut c = c.unwrap();
+        let conn = c.get_mut().1;
+        if over_tcp {
+            apply_send_limit::<ReadAhead<tokio::net::TcpStream>, _>(conn);
+        } else {
+            apply_send_limit::<DuplexStream, _>(conn);
+        }
+        accepted.push(conn.writer().write(&frame).unwrap());
+    }
+    assert_eq!(accepted, vec![frame.len(), 64 * 1024]);
+}
