@@ -32,7 +32,7 @@ const INITIAL_BUF: usize = 1024;
 /// ...grown by this factor while reads keep filling it...
 const GROWTH: usize = 4;
 /// ...up to this, large enough that a multi-gigabit stream needs few syscalls.
-const MAX_BUF: usize = 256 * 1024;
+pub(crate) const MAX_BUF: usize = 256 * 1024;
 /// A read this small that did not fill its buffer releases the buffer's rest.
 const SMALL_READ: usize = 16 * 1024;
 

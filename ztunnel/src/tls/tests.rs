@@ -47,6 +47,17 @@ async fn handshake(client: Arc<rustls::ClientConfig>, server: Arc<rustls::Server
     .expect("handshake hung")
 }
 
+/// Workload a connecting to workload b, both with certificates of `m`'s CA.
+async fn handshake_a_to_b(m: &Arc<Manager>) -> Both {
+    let a = m.fetch(&id("a")).await.unwrap();
+    let b = m.fetch(&id("b")).await.unwrap();
+    handshake(
+        client_config(a, root(m), vec![id("b")]).unwrap(),
+        server_config(b, root(m), TD).unwrap(),
+    )
+    .await
+}
+
 fn serial_of(cert: &CertificateDer<'_>) -> String {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert).unwrap();
     parsed.raw_serial_as_string().replace(':', "")
@@ -55,13 +66,7 @@ fn serial_of(cert: &CertificateDer<'_>) -> String {
 #[tokio::test]
 async fn mutual_handshake_sees_both_identities() {
     let m = mesh(Duration::from_secs(3600));
-    let a = m.fetch(&id("a")).await.unwrap();
-    let b = m.fetch(&id("b")).await.unwrap();
-    let (c, s) = handshake(
-        client_config(a, root(&m), vec![id("b")]).unwrap(),
-        server_config(b, root(&m), TD).unwrap(),
-    )
-    .await;
+    let (c, s) = handshake_a_to_b(&m).await;
     let (mut c, s) = (c.unwrap(), s.unwrap());
 
     assert_eq!(peer_identity(s.get_ref().1).unwrap(), id("a"));
@@ -348,13 +353,7 @@ async fn send_limit_fits_a_bulk_frame_over_tcp_only() {
     let frame = vec![0u8; 256 * 1024 + 9];
     let mut accepted = Vec::new();
     for over_tcp in [true, false] {
-        let a = m.fetch(&id("a")).await.unwrap();
-        let b = m.fetch(&id("b")).await.unwrap();
-        let (c, _s) = handshake(
-            client_config(a, root(&m), vec![id("b")]).unwrap(),
-            server_config(b, root(&m), TD).unwrap(),
-        )
-        .await;
+        let (c, _s) = handshake_a_to_b(&m).await;
         let mut c = c.unwrap();
         let conn = c.get_mut().1;
         if over_tcp {
